@@ -1,0 +1,3 @@
+"""Connected-vehicle telemetry pipeline: decode, clean, handle and route vehicle frames."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Typed settings read from the environment (and an optional `.env`), defaults for local services."""
+
+from __future__ import annotations
+
+import ssl
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every connection and topology setting of a worker, one place, typed.
+
+    Names are the environment variables, case-insensitive (``KAFKA_BOOTSTRAP=...``).
+    Secrets are `SecretStr`: they never appear in reprs, logs or `pipeline config`.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS.")
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    # --- Object store ------------------------------------------------------------------------
+    s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 endpoint URL (MinIO, S3Proxy, AWS).")
+    s3_access_key: str = "pipeline"
+    s3_secret_key: SecretStr = SecretStr("pipeline-secret")
+    s3_bucket: str = "telemetry"
+    s3_region: str = "us-east-1"
+    s3_secure: bool | None = Field(None, description="Force TLS on/off; default follows the endpoint scheme.")
+    s3_cert_check: bool = True
+
+    # --- Topology ----------------------------------------------------------------------------
+    app_id: str = Field("telemetry-pipeline", description="Faust app id = Kafka consumer group.")
+    topic_sensor: str = "vehicle.sensor.raw"
+    topic_gps: str = "vehicle.gps.raw"
+    topic_dlq: str = "pipeline.dlq"
+    topic_prefix_route: str = "route."
+    partitions: int = Field(6, ge=1, description="Partition count of the ingest topics (ceiling on worker parallelism).")
+    replication_factor: int = Field(1, ge=1)
+
+    # --- Worker ------------------------------------------------------------------------------
+    batch_size: int = Field(500, ge=1, description="Records per take() batch.")
+    batch_wait_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+    segment_max_records: int = Field(20_000, ge=1, description="Flush a partition's segment at this many records.")
+    segment_max_readings: int = Field(2_000_000, ge=1, description="...or at this many clean readings.")
+    max_frame_bytes: int = Field(1_000_000, ge=1024, description="Frames larger than this are dead-lettered as oversized.")
+    metrics_port: int = Field(9100, ge=0, description="Prometheus endpoint port (0 = off).")
+    web_port: int = Field(6066, ge=0, description="Faust web port.")
+    rules_dir: Path = REPO_ROOT / "rules"
+    functions_dir: Path = REPO_ROOT / "functions"
+    data_dir: Path = Field(REPO_ROOT / ".services" / "worker", description="Faust table state folder.")
+    hmac_secret: SecretStr = Field(SecretStr("local-dev-pseudonym-key"), description="Key for pseudonyms in rules (PIPELINE_HMAC_SECRET).", alias="PIPELINE_HMAC_SECRET")
+    log_level: str = "INFO"
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def s3_host(self) -> str:
+        return self.s3_endpoint.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def s3_use_tls(self) -> bool:
+        if self.s3_secure is not None:
+            return self.s3_secure
+        return self.s3_endpoint.startswith("https://")
+
+    @property
+    def ingest_topics(self) -> tuple[str, str]:
+        return (self.topic_sensor, self.topic_gps)
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients: bootstrap, TLS and SASL passed through."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+            if self.kafka_ssl_certfile:
+                ctx.load_cert_chain(str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None)
+            kwargs["ssl_context"] = ctx
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return kwargs
+
+    def minio_client(self) -> Any:
+        """A `minio.Minio` client for the configured endpoint (TLS per `s3_use_tls`)."""
+        from minio import Minio
+
+        return Minio(
+            self.s3_host,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key.get_secret_value(),
+            secure=self.s3_use_tls,
+            region=self.s3_region,
+            cert_check=self.s3_cert_check,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to print: secrets shown as '**********'."""
+        return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

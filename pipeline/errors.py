@@ -1,0 +1,48 @@
+"""The pipeline's exceptions: one base and a few specific kinds."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A configuration file (catalog, cleaning, rules, handler config) is invalid.
+
+    The message names the file, the rule or key, the field and, where known, the line.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 rule: str | None = None, field: str | None = None) -> None:
+        self.file, self.line, self.rule, self.field = file, line, rule, field
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        what = ""
+        if rule:
+            what += f"route '{rule}': " if not rule.startswith(("signal ", "key ", "handler ")) else f"{rule}: "
+        if field:
+            what += f"field '{field}': "
+        self.detail = message
+        super().__init__(f"{where}{what}{message}")
+
+
+class DecodeError(PipelineError):
+    """A Kafka record is not a valid vehicle frame; `reason` is a short stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
+
+
+class HandlerError(PipelineError):
+    """A function handler failed or ran past its time budget."""
+
+
+class SinkError(PipelineError):
+    """An output (object store, topic, webhook) could not be made durable."""
+
+
+class ServiceUnavailable(PipelineError):
+    """A required service (Kafka, S3) did not answer within its deadline."""
