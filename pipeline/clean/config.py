@@ -1,0 +1,259 @@
+"""The cleaning configuration (`rules/cleaning.yaml`): typed, validated, with line numbers.
+
+Every field has a default, so a missing file section means the documented behaviour; an
+unknown key, a wrong type or a contradictory value is rejected at load with the file,
+line and dotted key (`ConfigError(rule="key spikes.Vehicle.Speed.window")`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.config import REPO_ROOT
+from pipeline.errors import ConfigError
+
+DEFAULT_PATH = REPO_ROOT / "rules" / "cleaning.yaml"
+SUPPORTED_VERSIONS = (1,)
+
+LATITUDE = "Vehicle.CurrentLocation.Latitude"
+LONGITUDE = "Vehicle.CurrentLocation.Longitude"
+ACCURACY = "Vehicle.CurrentLocation.HorizontalAccuracy"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimeRules(_Section):
+    """Timestamp plausibility against the frame's send time and the ingest time."""
+
+    max_future_vs_sent_ms: int = Field(default=2_000, ge=0)
+    max_future_vs_ingest_ms: int = Field(default=60_000, ge=0)
+    max_age_ms: int = Field(default=7 * 86_400_000, gt=0, le=2**40)
+    max_clock_step_back_ms: int | None = Field(default=2_000, ge=0)
+
+
+class DuplicateRules(_Section):
+    """Resend detection: frames remembered per vehicle across batches."""
+
+    frame_memory: int = Field(default=64, ge=0, le=4096)
+
+
+class RangeRules(_Section):
+    """Catalog min/max check; `exempt` signals are checked elsewhere (or not at all).
+
+    `allowed_values` narrows enumerated signals (gears) to the values they can take.
+    """
+
+    exempt: tuple[str, ...] = (LATITUDE, LONGITUDE)
+    allowed_values: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+
+    @field_validator("allowed_values")
+    @classmethod
+    def _not_empty(cls, value: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for name, allowed in value.items():
+            if not allowed:
+                raise ValueError(f"{name}: the list of allowed values is empty")
+        return value
+
+
+class RateRules(_Section):
+    """Maximum rate of change (catalog `max_rate` times `tolerance`), isolated excursions."""
+
+    enabled: bool = True
+    tolerance: float = Field(default=1.0, ge=1.0)
+    edge_factor: float = Field(default=1.5, ge=1.0)  # stricter for the last of a series
+    exempt: tuple[str, ...] = (LATITUDE, LONGITUDE)
+
+
+class SpikeRule(_Section):
+    """Hampel filter of one signal."""
+
+    window: int = Field(default=7, ge=3, le=63)
+    n_sigmas: float = Field(default=5.0, ge=0)  # 0: min_deviation alone
+    min_deviation: float = Field(default=0.0, ge=0)
+    action: Literal["drop", "repair"] = "drop"
+    edge_factor: float = Field(default=1.5, ge=1.0)  # stricter where the window is one-sided
+    circular: float | None = Field(default=None, gt=0)  # period of an angle (360 for heading)
+
+    @field_validator("window")
+    @classmethod
+    def _odd_window(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"must be odd (a centred window), got {window}")
+        return window
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> SpikeRule:
+        if self.n_sigmas == 0 and self.min_deviation == 0:
+            raise ValueError("n_sigmas and min_deviation cannot both be 0 (every change would be a spike)")
+        return self
+
+
+class StuckRule(_Section):
+    """Stuck-at detection of one signal."""
+
+    min_duration_ms: int = Field(default=60_000, gt=0)
+    min_count: int = Field(default=10, ge=2)
+    ignore_values: tuple[float, ...] = ()
+
+
+class Bounds(_Section):
+    """Operating area of the fleet, degrees."""
+
+    lat_min: float = Field(default=-90.0, ge=-90, le=90)
+    lat_max: float = Field(default=90.0, ge=-90, le=90)
+    lon_min: float = Field(default=-180.0, ge=-180, le=180)
+    lon_max: float = Field(default=180.0, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.lat_min >= self.lat_max:
+            raise ValueError(f"lat_min ({self.lat_min}) must be below lat_max ({self.lat_max})")
+        if self.lon_min >= self.lon_max:
+            raise ValueError(f"lon_min ({self.lon_min}) must be below lon_max ({self.lon_max})")
+        return self
+
+
+class GpsRules(_Section):
+    """Checks of a fix (latitude and longitude joined by vehicle and time)."""
+
+    latitude: str = LATITUDE
+    longitude: str = LONGITUDE
+    accuracy: str | None = ACCURACY
+    null_island_deg: float = Field(default=1e-4, ge=0, le=1)
+    bounds: Bounds = Bounds()
+    max_horizontal_accuracy_m: float | None = Field(default=100.0, gt=0)
+    track: bool = True
+    max_speed_kmh: float | None = Field(default=250.0, gt=0)
+    jump_m: float = Field(default=30.0, gt=0)
+    max_accel_ms2: float = Field(default=1.5, ge=0)
+    velocity_window: int = Field(default=5, ge=3, le=15)
+    relocate_after_ms: int = Field(default=120_000, gt=0)
+
+    @field_validator("velocity_window")
+    @classmethod
+    def _odd_velocity_window(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"must be odd (a centred window), got {window}")
+        return window
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GpsRules:
+        if self.latitude == self.longitude:
+            raise ValueError("latitude and longitude must be different signals")
+        return self
+
+
+class StateRules(_Section):
+    """Bounds on the per-vehicle history."""
+
+    max_vehicles: int = Field(default=50_000, ge=1)
+
+
+class CleaningConfig(_Section):
+    """All cleaning rules. `source` and `lines` locate keys for later (catalog) checks."""
+
+    version: int = 1
+    time: TimeRules = TimeRules()
+    duplicates: DuplicateRules = DuplicateRules()
+    range: RangeRules = RangeRules()
+    rate_of_change: RateRules = RateRules()
+    spikes: dict[str, SpikeRule] = Field(default_factory=dict)
+    stuck: dict[str, StuckRule] = Field(default_factory=dict)
+    gps: GpsRules = GpsRules()
+    state: StateRules = StateRules()
+    source: str | None = Field(default=None, exclude=True)
+    lines: dict[tuple[str, ...], int] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _supported(self) -> CleaningConfig:
+        if self.version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"unsupported version {self.version}; supported: {SUPPORTED_VERSIONS}")
+        return self
+
+    def line_of(self, *path: str) -> int | None:
+        """Line of the deepest key of `path` that the file wrote (None if none)."""
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def error(self, message: str, *path: str) -> ConfigError:
+        """A ConfigError pointing at `path` in this config's file."""
+        return ConfigError(message, file=self.source, line=self.line_of(*path),
+                           rule="key " + ".".join(path) if path else None,
+                           field=path[-1] if path else None)
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    """Record the line of every mapping key, by its path from the document root."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out.setdefault((*prefix, str(i)), item.start_mark.line + 1)
+            _key_lines(item, (*prefix, str(i)), out)
+
+
+def parse_cleaning_config(text: str, *, file: str = "<cleaning>") -> CleaningConfig:
+    """Parse and validate cleaning YAML text (ConfigError naming file, line and key)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"invalid YAML: {exc.problem}", file=file,
+                          line=mark.line + 1 if mark else None) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _key_lines(node, (), lines)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError("the cleaning config must be a mapping of sections", file=file, line=1)
+    for key in ("source", "lines"):
+        if key in doc:
+            raise ConfigError("unknown key", file=file, line=lines.get((key,)), rule=f"key {key}",
+                              field=key)
+    try:
+        config = CleaningConfig.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = tuple(str(p) for p in first["loc"])
+        # Model-level checks report their section; Literal/union errors add a type tag.
+        path = tuple(p for p in path if not p.startswith(("function-", "literal[")))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "missing required key"
+        line = None
+        for end in range(len(path), 0, -1):
+            line = lines.get(path[:end])
+            if line is not None:
+                break
+        raise ConfigError(message, file=file, line=line,
+                          rule="key " + ".".join(path) if path else None,
+                          field=path[-1] if path else None) from exc
+    return config.model_copy(update={"source": file, "lines": lines})
+
+
+def load_cleaning_config(path: Path | str | None = None) -> CleaningConfig:
+    """Load and validate `rules/cleaning.yaml` (or `path`); defaults if the default file is absent."""
+    resolved = Path(path if path is not None else DEFAULT_PATH)
+    if not resolved.exists():
+        if path is None:
+            return CleaningConfig()
+        raise ConfigError("cleaning config file not found", file=str(resolved))
+    return parse_cleaning_config(resolved.read_text(encoding="utf-8"), file=str(resolved))
