@@ -1,0 +1,84 @@
+"""Speeding: faster than the applicable limit (plus a tolerance) for a sustained time.
+
+The limit of each speed reading is the lowest of: the absolute `limit_kmh`, the
+`speed_limit_kmh` of any configured zone the vehicle is in, and a posted limit sent by
+the vehicle (`Vehicle.Private.SpeedLimit`, when present). A run still going at the end
+of a batch is finished by the next one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+
+SPEED = "Vehicle.Speed"
+POSTED_LIMIT = "Vehicle.Private.SpeedLimit"
+LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+
+
+@handler(
+    name="speeding",
+    consumes=[SPEED],
+    optional=[POSTED_LIMIT, LAT, LON],
+    emits=["fleet.driving.speeding"],
+    state=True,
+    defaults={"limit_kmh": 130.0, "tolerance_kmh": 5.0, "min_duration_ms": 10_000,
+              "max_gap_ms": 5_000, "posted_limit_max_age_ms": 60_000, "location_ms": 10_000},
+)
+def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """Speed above the absolute, zone or posted limit for at least min_duration_ms."""
+    cfg = ctx.config
+    s = batch.signal(SPEED)
+    if not len(s):
+        return
+    limit = np.full(len(s), float(cfg["limit_kmh"]))
+    zones = [z for z in ctx.zones if z.speed_limit_kmh is not None]
+    lat, lon = batch.location(s.vehicle, s.t, max_dist_ms=int(cfg["location_ms"]))
+    if zones:
+        known = ~np.isnan(lat)
+        for z in zones:
+            inside = np.zeros(len(s), dtype=bool)
+            inside[known] = z.contains(lat[known], lon[known])
+            limit = np.where(inside, np.minimum(limit, float(z.speed_limit_kmh or np.inf)), limit)
+    if batch.has(POSTED_LIMIT):
+        posted = batch.asof(POSTED_LIMIT, s.vehicle, s.t, max_age_ms=int(cfg["posted_limit_max_age_ms"]))
+        limit = np.where(posted > 0, np.fmin(limit, posted), limit)
+    cond = s.v > limit + float(cfg["tolerance_kmh"])
+    stored = ctx.states(batch.vehicles(SPEED))
+    runs = ops.track_runs(s.vehicle, s.t, cond, s.v, max_gap_ms=int(cfg["max_gap_ms"]), carried=stored)
+    if not len(runs):
+        ctx.save_states({v: None for v in stored})
+        return
+    has = runs.first >= 0
+    first = np.maximum(runs.first, 0)
+    run_limit = np.where(has, limit[first], np.nan)
+    run_lat, run_lon = np.where(has, lat[first], np.nan), np.where(has, lon[first], np.nan)
+    for i in np.flatnonzero(runs.carried).tolist():
+        st = runs.carried_state[i] or {}
+        run_limit[i], run_lat[i], run_lon[i] = (_f(st.get(k)) for k in ("limit", "lat", "lon"))
+    done = ~runs.open & (runs.duration_ms >= int(cfg["min_duration_ms"]))
+    if done.any():
+        origin = np.where(has, s.record[first], -1)
+        origin[~has] = batch.first_record(runs.vehicle[~has])
+        ctx.emit("fleet.driving.speeding", time=runs.start_t[done], origin=origin[done],
+                 vehicle=runs.vehicle[done],
+                 data={"speed_kmh": np.round(runs.peak[done], 1), "limit_kmh": run_limit[done],
+                       "duration_ms": runs.duration_ms[done], "location.lat": run_lat[done],
+                       "location.lon": run_lon[done]})
+    updates: dict[int, dict[str, Any] | None] = {v: None for v in stored}
+    for i in np.flatnonzero(runs.open).tolist():
+        updates[int(runs.vehicle[i])] = {
+            "start_t": int(runs.start_t[i]), "last_t": int(s.t[runs.last[i]]), "peak": float(runs.peak[i]),
+            "limit": _num(run_limit[i]), "lat": _num(run_lat[i]), "lon": _num(run_lon[i])}
+    ctx.save_states(updates)
+
+
+def _f(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)

@@ -1,0 +1,479 @@
+"""What a handler sees: its input columns (`HandlerInput`) and its context (`HandlerContext`).
+
+A `BatchView` is built once per batch and shared by all handlers, so selecting a signal,
+pairing GPS fixes or finding a vehicle's records is done once, not once per handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.batch import EventBatch, RawRecord, Readings
+from pipeline.errors import HandlerError
+from pipeline.handlers import ops
+from pipeline.handlers.config import Zone
+from pipeline.handlers.registry import HandlerSpec
+from pipeline.handlers.state import StateView
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+POSITION_PAIR_MS = 1000  # a latitude and a longitude this close in time form one fix
+
+
+class SignalSeries:
+    """One signal's readings sorted by (vehicle, t); unpacks as `vehicle, t, v = series`.
+
+    `record` (index into the batch's records, for event origins) is computed on first use.
+    """
+
+    __slots__ = ("vehicle", "t", "v", "_record", "_record_fn")
+
+    def __init__(self, vehicle: IntArray, t: IntArray, v: FloatArray, record: IntArray | None = None,
+                 record_fn: Callable[[], IntArray] | None = None) -> None:
+        self.vehicle = vehicle  # index into HandlerInput.vins
+        self.t = t  # epoch ms
+        self.v = v  # canonical unit
+        self._record = record
+        self._record_fn = record_fn
+
+    @property
+    def record(self) -> IntArray:
+        if self._record is None:
+            self._record = self._record_fn() if self._record_fn is not None else np.empty(0, np.int64)
+        return self._record
+
+    def __iter__(self) -> Any:
+        return iter((self.vehicle, self.t, self.v))
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @staticmethod
+    def empty() -> SignalSeries:
+        e = np.empty(0, np.int64)
+        return SignalSeries(e, e, np.empty(0), e)
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """GPS fixes (latitude and longitude paired by time), sorted by (vehicle, t)."""
+
+    vehicle: IntArray
+    t: IntArray
+    lat: FloatArray
+    lon: FloatArray
+    record: IntArray
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+
+class BatchView:
+    """Per-batch caches over the clean readings, shared by every handler of the batch."""
+
+    def __init__(self, clean: Readings, records: Sequence[RawRecord]) -> None:
+        self.clean = clean
+        self.records = list(records)
+        self.vins = list(clean.vins)
+        self.vin_index = {v: i for i, v in enumerate(self.vins)}
+        self._sid = {n: i for i, n in enumerate(clean.signal_names)}
+        self._origin: IntArray | None = None
+        self._blocks: tuple[IntArray, IntArray, IntArray] | None = None
+        self._rows: dict[str, IntArray] = {}
+        self._keys: dict[str, IntArray] = {}
+        self._space: ops.KeySpace | None = None
+        self._series: dict[str, SignalSeries] = {}
+        self._positions: Positions | None = None
+        self._first_record: IntArray | None = None
+        self._vins_arr: npt.NDArray[np.object_] | None = None
+
+    @property
+    def vins_array(self) -> npt.NDArray[np.object_]:
+        if self._vins_arr is None:
+            self._vins_arr = np.asarray(self.vins, dtype=object)
+        return self._vins_arr
+
+    def has(self, name: str) -> bool:
+        return len(self.rows(name)) > 0
+
+    @property
+    def origin(self) -> IntArray:
+        """Record index of every clean reading (Readings.frame -> Frames.record)."""
+        if self._origin is None:
+            c = self.clean
+            if len(c.frames) and len(c):
+                self._origin = c.frames.record[c.frame].astype(np.int64)
+            else:
+                self._origin = c.frame.astype(np.int64) if len(c) else np.empty(0, np.int64)
+        return self._origin
+
+    def _record_of(self, rows: IntArray) -> IntArray:
+        c = self.clean
+        if self._origin is not None:
+            return self._origin[rows]
+        if len(c.frames):
+            return c.frames.record[c.frame[rows]].astype(np.int64)
+        return c.frame[rows].astype(np.int64)
+
+    @property
+    def space(self) -> ops.KeySpace:
+        """One (vehicle, t) key space for every join in this batch."""
+        if self._space is None:
+            t = self.clean.t
+            self._space = ops.KeySpace.covering(int(t.min()), int(t.max())) if len(t) else ops.KeySpace()
+        return self._space
+
+    def keys(self, name: str) -> IntArray:
+        """(vehicle, t) keys of a signal's readings (or "@positions") in `space`, cached."""
+        k = self._keys.get(name)
+        if k is None:
+            if name == "@positions":
+                p = self.positions()
+                k = self.space.key(p.vehicle, p.t)
+            else:
+                s = self.series(name)
+                k = self.space.key(s.vehicle, s.t)
+            self._keys[name] = k
+        return k
+
+    def vehicles_of(self, name: str) -> IntArray:
+        """Sorted distinct vehicle indexes that have readings of a signal in this batch."""
+        sid = self._sid.get(name, -1)
+        if sid < 0 or not len(self.clean):
+            return np.empty(0, np.int64)
+        starts, _, bsig = self.blocks()
+        return np.unique(self.clean.vehicle[starts[bsig == sid]].astype(np.int64))
+
+    def blocks(self) -> tuple[IntArray, IntArray, IntArray]:
+        """(start, end, signal) of every (vehicle, signal) block.
+
+        Clean readings come sorted by (vehicle, signal, t) (the cleaning stage's contract),
+        so one scan finds where every signal's rows are. That order is checked once per
+        batch; readings in any other order are sorted here first.
+        """
+        if self._blocks is None:
+            c = self.clean
+            v, sig, t = c.vehicle, c.signal, c.t
+            n = v.shape[0]
+            new_block = (v[1:] != v[:-1]) | (sig[1:] != sig[:-1])
+            change = np.flatnonzero(new_block) + 1
+            starts = np.concatenate([[0], change]).astype(np.int64)
+            ordered = not ((np.diff(t) < 0) & ~new_block).any()
+            if ordered and starts.shape[0] > 1:
+                bv, bs = v[starts], sig[starts]
+                dv = np.diff(bv)
+                ordered = bool(((dv > 0) | ((dv == 0) & (np.diff(bs) > 0))).all())
+            if not ordered:
+                self.clean = c.take(np.lexsort((t, sig, v)))
+                self._origin = None
+                return self.blocks()
+            ends = np.concatenate([change, [n]]).astype(np.int64)
+            self._blocks = (starts, ends, sig[starts].astype(np.int64))
+        return self._blocks
+
+    def rows(self, name: str) -> IntArray:
+        """Row indexes of one signal in (vehicle, t) order."""
+        rows = self._rows.get(name)
+        if rows is None:
+            sid = self._sid.get(name, -1)
+            if sid < 0 or not len(self.clean):
+                rows = np.empty(0, np.int64)
+            else:
+                starts, ends, bsig = self.blocks()
+                sel = np.flatnonzero(bsig == sid)
+                lengths = ends[sel] - starts[sel]
+                total = int(lengths.sum())
+                # concatenated aranges of the selected blocks
+                rows = np.ones(total, dtype=np.int64)
+                if total:
+                    pos = np.cumsum(lengths)[:-1]
+                    rows[0] = starts[sel[0]]
+                    rows[pos] = starts[sel[1:]] - (starts[sel[:-1]] + lengths[:-1] - 1)
+                    rows = np.cumsum(rows)
+            self._rows[name] = rows
+        return rows
+
+    def series(self, name: str) -> SignalSeries:
+        s = self._series.get(name)
+        if s is None:
+            rows = self.rows(name)
+            if not rows.shape[0]:
+                s = SignalSeries.empty()
+            else:
+                c = self.clean
+                starts, ends, bsig = self.blocks()
+                sel = np.flatnonzero(bsig == self._sid[name])
+                vehicle = np.repeat(c.vehicle[starts[sel]].astype(np.int64), ends[sel] - starts[sel])
+                s = SignalSeries(vehicle, c.t[rows], c.value[rows],
+                                 record_fn=functools.partial(self._record_of, rows))
+            self._series[name] = s
+        return s
+
+    def positions(self) -> Positions:
+        """Fixes: each latitude paired with the longitude nearest in time (within 1 s)."""
+        if self._positions is None:
+            lat, lon = self.series(LAT), self.series(LON)
+            if not len(lat) or not len(lon):
+                e = np.empty(0, np.int64)
+                self._positions = Positions(e, e, np.empty(0), np.empty(0), e)
+            elif len(lat) == len(lon) and np.array_equal(lat.t, lon.t) and np.array_equal(lat.vehicle, lon.vehicle):
+                self._positions = Positions(lat.vehicle, lat.t, lat.v, lon.v, lat.record)
+            else:
+                j = ops.nearest_index(lon.vehicle, lon.t, lat.vehicle, lat.t, max_dist_ms=POSITION_PAIR_MS)
+                ok = j >= 0
+                self._positions = Positions(lat.vehicle[ok], lat.t[ok], lat.v[ok], lon.v[j[ok]], lat.record[ok])
+        return self._positions
+
+    def first_record(self) -> IntArray:
+        """Per vehicle index: the earliest record index among its readings (-1 if none)."""
+        if self._first_record is None:
+            out = np.full(len(self.vins), np.iinfo(np.int64).max, dtype=np.int64)
+            if len(self.clean):
+                # the earliest record of a vehicle holds the first reading of one of its
+                # (vehicle, signal) blocks, so the blocks' first rows are enough
+                starts, _, _ = self.blocks()
+                np.minimum.at(out, self.clean.vehicle[starts].astype(np.int64), self._record_of(starts))
+            self._first_record = np.where(out == np.iinfo(np.int64).max, -1, out)
+        return self._first_record
+
+
+class HandlerInput:
+    """A handler's input: the clean readings of the signals it consumes, and consumed events."""
+
+    def __init__(self, view: BatchView, spec: HandlerSpec, events: EventBatch | None = None) -> None:
+        self._view = view
+        self.spec = spec
+        self._allowed = set(spec.all_signals())
+        self.events = events if events is not None else EventBatch.empty()
+        self._readings: Readings | None = None
+
+    @property
+    def vins(self) -> list[str]:
+        return self._view.vins
+
+    @property
+    def records(self) -> list[RawRecord]:
+        return self._view.records
+
+    @property
+    def readings(self) -> Readings:
+        """Clean readings of the consumed signals, in (vehicle, signal, t) order."""
+        if self._readings is None:
+            parts = [self._view.rows(n) for n in self.spec.all_signals()]
+            rows = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+            self._readings = self._view.clean.take(rows)
+        return self._readings
+
+    @property
+    def origin(self) -> IntArray:
+        """Record index of every row of `readings` (Readings.frame -> Frames.record)."""
+        r = self.readings
+        if len(r.frames) and len(r):
+            return r.frames.record[r.frame].astype(np.int64)
+        return r.frame.astype(np.int64)
+
+    def input_records(self) -> IntArray:
+        """Distinct record indexes this handler reads from (its readings and events)."""
+        parts = [self._view.series(n).record for n in self.spec.all_signals()]
+        if len(self.events):
+            parts.append(self.events.origin)
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def rows_in(self) -> int:
+        return sum(len(self._view.rows(n)) for n in self.spec.all_signals()) + len(self.events)
+
+    def _check(self, name: str) -> None:
+        if name not in self._allowed:
+            raise HandlerError(f"handler {self.spec.name} reads {name!r}, which it does not consume")
+
+    def has(self, name: str) -> bool:
+        """True when the batch holds readings of this (consumed or optional) signal."""
+        self._check(name)
+        return self._view.has(name)
+
+    def vehicles(self, *names: str) -> IntArray:
+        """Sorted distinct vehicle indexes with readings of any of these signals (for state look-ups)."""
+        for n in names:
+            self._check(n)
+        parts = [self._view.vehicles_of(n) for n in names]
+        if len(parts) == 1:
+            return parts[0]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def signal(self, name: str) -> SignalSeries:
+        """(vehicle, t, v) of one consumed signal, sorted by (vehicle, t); empty if absent."""
+        self._check(name)
+        return self._view.series(name)
+
+    def positions(self) -> Positions:
+        """Paired GPS fixes of the batch (the handler must consume latitude and longitude)."""
+        self._check(LAT)
+        self._check(LON)
+        return self._view.positions()
+
+    def nearest(self, name: str, vehicle: npt.ArrayLike, t: npt.ArrayLike,
+                *, max_dist_ms: int | None = None) -> FloatArray:
+        """Value of a signal nearest in time to each (vehicle, t); NaN where none."""
+        s = self.signal(name)
+        v = self._view
+        return ops.take_or_nan(s.v, ops.nearest_index(s.vehicle, s.t, vehicle, t, max_dist_ms=max_dist_ms,
+                                                      space=v.space, skeys=v.keys(name)))
+
+    def asof(self, name: str, vehicle: npt.ArrayLike, t: npt.ArrayLike,
+             *, max_age_ms: int | None = None) -> FloatArray:
+        """Last value of a signal at or before each (vehicle, t); NaN where none."""
+        s = self.signal(name)
+        v = self._view
+        return ops.take_or_nan(s.v, ops.asof_index(s.vehicle, s.t, vehicle, t, max_age_ms=max_age_ms,
+                                                   space=v.space, skeys=v.keys(name)))
+
+    def location(self, vehicle: npt.ArrayLike, t: npt.ArrayLike,
+                 *, max_dist_ms: int = 30_000) -> tuple[FloatArray, FloatArray]:
+        """(lat, lon) of the fix nearest each (vehicle, t), NaN where none is close enough."""
+        if LAT not in self._allowed or LON not in self._allowed:
+            n = np.asarray(t).shape[0]
+            return np.full(n, np.nan), np.full(n, np.nan)
+        v = self._view
+        p = v.positions()
+        j = ops.nearest_index(p.vehicle, p.t, vehicle, t, max_dist_ms=max_dist_ms, space=v.space,
+                              skeys=v.keys("@positions"))
+        return ops.take_or_nan(p.lat, j), ops.take_or_nan(p.lon, j)
+
+    @property
+    def space(self) -> ops.KeySpace:
+        """The batch's (vehicle, t) key space, for `ops` joins with cached keys."""
+        return self._view.space
+
+    def keys(self, name: str) -> IntArray:
+        """Cached keys of a consumed signal's readings ("@positions" for GPS fixes) in `space`."""
+        if name != "@positions":
+            self._check(name)
+        return self._view.keys(name)
+
+    def first_record(self, vehicle: npt.ArrayLike) -> IntArray:
+        """Earliest record of each vehicle in this batch: the origin of events that only
+        close something an earlier batch opened."""
+        fr = self._view.first_record()
+        return fr[np.asarray(vehicle, dtype=np.int64)] if fr.shape[0] else np.empty(0, np.int64)
+
+    def event_vehicle(self) -> IntArray:
+        """Vehicle index (into `vins`) of each consumed event, -1 for events of unknown VINs."""
+        subj = self.events.attrs.get("subject")
+        if subj is None or not len(self.events):
+            return np.empty(0, np.int64)
+        idx = self._view.vin_index
+        return np.fromiter((idx.get(s, -1) for s in subj.tolist()), dtype=np.int64, count=len(subj))
+
+
+class HandlerMetrics(Counter[str]):
+    """Custom counters of one handler (`ctx.metrics.inc("zones_checked", n)`), merged into stats."""
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self[name] += int(n)
+
+
+class HandlerContext:
+    """A handler's context: emit events as columns, its per-vehicle state, config, log, metrics."""
+
+    def __init__(self, spec: HandlerSpec, view: BatchView, *, config: Mapping[str, Any],
+                 zones: Sequence[Zone] = (), state: StateView | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config: dict[str, Any] = dict(config)
+        self.zones: tuple[Zone, ...] = tuple(zones)
+        self._state = state
+        self._view = view
+        self.logger = logging.getLogger(f"pipeline.handler.{spec.name}")
+        self.metrics = HandlerMetrics()
+        self._emitted: list[EventBatch] = []
+        self.source = f"/handlers/{spec.name}"
+
+    @property
+    def state(self) -> StateView:
+        """Per-vehicle state (declare `state=True`); writes apply only if the call succeeds."""
+        if self._state is None:
+            raise HandlerError(f"handler {self.name} uses state but is declared with state=False")
+        return self._state
+
+    @property
+    def vins(self) -> list[str]:
+        return self._view.vins
+
+    def vin(self, vehicle: npt.ArrayLike) -> npt.NDArray[np.object_]:
+        """VIN strings of vehicle indexes."""
+        return self._view.vins_array[np.asarray(vehicle, dtype=np.int64)]
+
+    def states(self, vehicles: npt.ArrayLike) -> dict[int, dict[str, Any]]:
+        """Stored state of each distinct vehicle index given (vehicles without state left out).
+
+        Pass `batch.vehicles(...)` (already distinct) rather than a per-reading column."""
+        v = np.asarray(vehicles, dtype=np.int64)
+        if v.shape[0] > 1 and not (np.diff(v) > 0).all():
+            v = np.flatnonzero(np.bincount(v, minlength=len(self._view.vins)))
+        vs = v.tolist()
+        got = self.state.get_many([self._view.vins[v] for v in vs])
+        return {v: s for v, s in zip(vs, got, strict=True) if s is not None}
+
+    def save_states(self, updates: Mapping[int, Mapping[str, Any] | None]) -> None:
+        """Write state by vehicle index; None or an empty dict deletes it."""
+        vins = self._view.vins
+        self.state.put_many({vins[v]: (value if value else None) for v, value in updates.items()})
+
+    def emit(self, type: str, *, time: npt.ArrayLike, origin: npt.ArrayLike,
+             vehicle: npt.ArrayLike | None = None, subject: npt.ArrayLike | None = None,
+             data: Mapping[str, npt.ArrayLike] | None = None,
+             present: Mapping[str, npt.ArrayLike] | None = None) -> int:
+        """Emit events of one type as columns; returns how many.
+
+        `vehicle` (indexes into `vins`) sets subject, partition key and `data.vin`;
+        `subject` is for events about something else (a grid cell). Float data that is
+        NaN is treated as absent in that row. Ids are assigned by the runner from origin.
+        """
+        if type not in self.spec.emits:
+            raise HandlerError(f"handler {self.name} emitted {type!r}, not in its emits "
+                               f"{list(self.spec.emits)}")
+        t = np.atleast_1d(np.asarray(time, dtype=np.int64))
+        n = t.shape[0]
+        if n == 0:
+            return 0
+        org = np.broadcast_to(np.asarray(origin, dtype=np.int64), (n,)).copy()
+        cols: dict[str, np.ndarray] = {}
+        masks: dict[str, np.ndarray] = {}
+        for key, value in (data or {}).items():
+            arr = np.asarray(value)
+            if arr.ndim == 0:
+                arr = np.full(n, arr.item(), dtype=arr.dtype if arr.dtype != np.str_ else object)
+            if arr.dtype.kind == "U":
+                arr = arr.astype(object)
+            cols[key] = arr
+            if arr.dtype.kind == "f":
+                nan = np.isnan(arr)
+                if nan.any():
+                    masks[key] = ~nan
+        for key, mask in (present or {}).items():
+            m = np.asarray(mask, dtype=bool)
+            masks[key] = masks[key] & m if key in masks else m
+        if vehicle is not None:
+            vins = self.vin(np.broadcast_to(np.asarray(vehicle, dtype=np.int64), (n,)))
+            cols = {"vin": vins, **cols}
+            subj = vins
+        elif subject is not None:
+            subj = np.broadcast_to(np.asarray(subject, dtype=object), (n,)).copy()
+        else:
+            raise HandlerError(f"handler {self.name}: emit needs vehicle= or subject=")
+        batch = EventBatch.build(type=type, source=self.source, vin=subj, time=t, origin=org,
+                                 ids=np.full(n, "", dtype=object), data=cols, present=masks)
+        self._emitted.append(batch)
+        return n
+
+    def collected(self) -> EventBatch:
+        return EventBatch.concat(self._emitted)

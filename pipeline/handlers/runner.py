@@ -1,0 +1,424 @@
+"""Run every loaded handler on a clean batch, each isolated from the others.
+
+A handler that raises is retried under its policy, then its input records are
+dead-lettered (`handler:<name>`, reason `handler_error`). A handler that runs past its
+time budget is abandoned (reason `handler_timeout`). Python cannot kill a thread, so a
+batch's handlers run one after another in a daemon executor thread while the calling
+thread watches each handler's deadline (one thread handoff per batch, not per handler).
+On a timeout the stuck thread is abandoned (its late result and state writes are
+discarded when it returns), the remaining handlers continue on a fresh thread, and the
+handler is quarantined (its input dead-lettered with `handler_timeout`) until that call
+returns, so stuck calls never pile up. Other handlers and the worker keep going.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings, deterministic_id
+from pipeline.errors import HandlerError
+from pipeline.handlers.config import HandlerConfig, load_handler_config
+from pipeline.handlers.context import BatchView, HandlerContext, HandlerInput, HandlerMetrics
+from pipeline.handlers.registry import HandlerSpec, Registry
+from pipeline.handlers.state import StateStore, StateView
+
+log = logging.getLogger("pipeline.handlers")
+
+REASON_ERROR = "handler_error"
+REASON_TIMEOUT = "handler_timeout"
+
+
+@dataclass
+class HandlerStats:
+    """Counters of one handler (per batch in a result, cumulative in `HandlerRunner.totals`)."""
+
+    calls: int = 0
+    rows_in: int = 0
+    events_out: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    quarantined: int = 0
+    dead_letters: int = 0
+    latency_s: float = 0.0
+    custom: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: HandlerStats) -> None:
+        for name in ("calls", "rows_in", "events_out", "errors", "timeouts", "retries",
+                     "quarantined", "dead_letters"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency_s += other.latency_s
+        for k, v in other.custom.items():
+            self.custom[k] = self.custom.get(k, 0) + v
+
+
+@dataclass
+class HandlerRunResult:
+    """Events of all handlers (one batch of columns), dead letters and per-handler stats."""
+
+    events: EventBatch
+    dead_letters: list[DeadLetter]
+    stats: dict[str, HandlerStats]
+
+
+@dataclass
+class _Outcome:
+    """What one handler produced in one batch (filled in by the executor thread)."""
+
+    events: EventBatch | None = None
+    reason: str = ""  # "" = success, else REASON_ERROR / REASON_TIMEOUT
+    error: str = ""
+    traceback: str = ""
+    attempts: int = 0
+    stats: HandlerStats = field(default_factory=HandlerStats)
+    inp: HandlerInput | None = None
+
+
+class _Job:
+    """One batch's handlers, run in order by an executor thread; shared with the watcher."""
+
+    def __init__(self, runner: HandlerRunner, specs: list[HandlerSpec], view: BatchView,
+                 base: list[EventBatch], quarantined: set[int]) -> None:
+        self.runner = runner
+        self.specs = specs
+        self.view = view
+        self.outputs: list[EventBatch] = list(base)
+        self.quarantined = quarantined
+        self.outcomes: dict[str, _Outcome] = {}
+        self.cond = threading.Condition()
+        self.index = 0  # handler being run (or next to run)
+        self.started = time.perf_counter()
+        self.finished = False
+        self.abandoned_at: int | None = None  # index of the handler this thread is stuck in
+
+    def run_from(self, start: int) -> None:
+        """Executor thread body: handlers start.. in order, until done or abandoned."""
+        for i in range(start, len(self.specs)):
+            spec = self.specs[i]
+            with self.cond:
+                if self.abandoned_at is not None:
+                    return
+                self.index, self.started = i, time.perf_counter()
+            outcome, state = self.runner._call(spec, self.view, self.outputs, i in self.quarantined)
+            with self.cond:
+                if self.abandoned_at is not None:  # timed out meanwhile: drop the late result
+                    self.runner._returned(spec.name)
+                    return
+                if state is not None:
+                    state.commit()
+                if outcome.events is not None and len(outcome.events):
+                    self.outputs.append(outcome.events)
+                self.outcomes[spec.name] = outcome
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+
+def traceback_summary(exc: BaseException, limit: int = 4) -> str:
+    """The last few frames as `file:line in function`, innermost last."""
+    frames = traceback.extract_tb(exc.__traceback__)[-limit:]
+    return " > ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
+
+
+def assign_ids(events: EventBatch, records: Sequence[RawRecord], handler: str) -> None:
+    """Fill empty ids with deterministic_id(topic, partition, offset, handler, i), where i
+    counts this handler's events from the same record in emission order."""
+    n = len(events)
+    if not n:
+        return
+    ids = events.attrs["id"]
+    origin = events.origin
+    order = np.argsort(origin, kind="stable")
+    so = origin[order]
+    starts = np.flatnonzero(np.r_[True, so[1:] != so[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    ordinal = np.empty(n, dtype=np.int64)
+    ordinal[order] = np.arange(n) - group_start
+    new_ids = ids.copy()
+    for i, (o, k) in enumerate(zip(origin.tolist(), ordinal.tolist(), strict=True)):
+        if not ids[i]:
+            r = records[o]
+            new_ids[i] = deterministic_id(r.topic, r.partition, r.offset, handler, k)
+    events.attrs["id"] = new_ids
+
+
+class HandlerRunner:
+    """Runs a registry's handlers on each clean batch with isolation, state and stats."""
+
+    def __init__(self, registry: Registry, config: HandlerConfig | None = None,
+                 state_store: StateStore | None = None, *, watcher: Any | None = None) -> None:
+        self.registry = registry
+        self.config = config or HandlerConfig()
+        self.state_store = state_store if state_store is not None else StateStore()
+        self.watcher = watcher
+        self.totals: dict[str, HandlerStats] = {}
+        self._executor: _Executor | None = None
+        self._stuck: dict[str, threading.Event] = {}  # handler -> set when its late call returns
+        self._lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def update(self, registry: Registry, config: HandlerConfig | None = None) -> None:
+        """Swap in a reloaded registry (and config). A new version of a quarantined handler
+        is not quarantined (the old version's stuck call is still discarded)."""
+        with self._lock:
+            for name in list(self._stuck):
+                old = self.registry[name].fn if name in self.registry else None
+                if name not in registry or registry[name].fn is not old:
+                    del self._stuck[name]
+        self.registry = registry
+        if config is not None:
+            self.config = config
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.stop()
+            self._executor = None
+
+    def quarantined(self) -> list[str]:
+        """Handlers whose timed-out call has not returned yet."""
+        with self._lock:
+            return [n for n, ev in self._stuck.items() if not ev.is_set()]
+
+    def _returned(self, name: str) -> None:
+        with self._lock:
+            ev = self._stuck.get(name)
+        if ev is not None:
+            ev.set()
+            log.info("handler %s: the timed-out call returned; its result was discarded", name)
+
+    # --- one batch ---------------------------------------------------------------------
+    def run(self, clean: Readings, records: list[RawRecord], *,
+            events_in: EventBatch | None = None) -> HandlerRunResult:
+        """Every enabled handler on one clean batch; see the module docstring for failures.
+
+        `events_in` are extra events offered to handlers that consume event types (tests).
+        """
+        if self.watcher is not None and self.watcher.maybe_check():
+            self.update(self.watcher.registry, self.watcher.config)
+        specs = [s for s in self.registry.ordered() if self.config.enabled(s.name)]
+        if not specs:
+            return HandlerRunResult(EventBatch.empty(), [], {})
+        view = BatchView(clean, records)
+        base = [events_in] if events_in is not None and len(events_in) else []
+        with self._lock:
+            for name in [n for n, ev in self._stuck.items() if ev.is_set()]:
+                del self._stuck[name]
+            quarantined = {i for i, s in enumerate(specs) if s.name in self._stuck}
+        job = _Job(self, specs, view, base, quarantined)
+        self._start(job, 0)
+        while True:
+            with job.cond:
+                if job.finished:
+                    break
+                i = job.index
+                remaining = job.started + specs[i].timeout_ms / 1000.0 - time.perf_counter()
+                if remaining > 0:
+                    job.cond.wait(remaining)
+                    continue
+                job.abandoned_at = i  # handler i is past its budget: give up on this thread
+            self._timed_out(specs[i], job, i)
+            job = self._continue(job, i + 1)
+            self._start(job, i + 1)
+        return self._result(specs, job)
+
+    def _start(self, job: _Job, start: int) -> None:
+        if self._executor is None or not self._executor.alive:
+            self._executor = _Executor()
+        self._executor.submit(job, start)
+
+    def _continue(self, job: _Job, start: int) -> _Job:
+        nxt = _Job(self, job.specs, job.view, job.outputs, job.quarantined)
+        nxt.outcomes = job.outcomes
+        nxt.index = min(start, len(job.specs) - 1) if job.specs else 0
+        if start >= len(job.specs):
+            nxt.finished = True
+        self._executor = None  # the old thread is stuck; the next start makes a new one
+        return nxt
+
+    def _timed_out(self, spec: HandlerSpec, job: _Job, i: int) -> None:
+        with self._lock:
+            self._stuck[spec.name] = threading.Event()
+        outcome = _Outcome(reason=REASON_TIMEOUT, attempts=1,
+                           error=f"HandlerTimeout: exceeded {spec.timeout_ms} ms; the call is abandoned "
+                                 f"and the handler quarantined until it returns")
+        outcome.stats.calls = 1
+        outcome.stats.timeouts = outcome.stats.errors = 1
+        outcome.stats.latency_s = time.perf_counter() - job.started
+        outcome.inp = HandlerInput(job.view, spec, _events_for(spec, job.outputs))
+        outcome.stats.rows_in = outcome.inp.rows_in()
+        job.outcomes[spec.name] = outcome
+        log.error("handler %s (%s) ran past its %d ms budget; its output is discarded and it is "
+                  "quarantined until the call returns", spec.name, spec.where, spec.timeout_ms)
+
+    def _call(self, spec: HandlerSpec, view: BatchView, outputs: list[EventBatch],
+              quarantined: bool) -> tuple[_Outcome, StateView | None]:
+        """Run one handler with retries (executor thread); returns its outcome and state to commit."""
+        out = _Outcome()
+        st = out.stats
+        inp = out.inp = HandlerInput(view, spec, _events_for(spec, outputs))
+        st.rows_in = inp.rows_in()
+        if st.rows_in == 0:
+            return out, None
+        if quarantined:
+            st.quarantined = 1
+            out.reason = REASON_TIMEOUT
+            out.error = (f"HandlerTimeout: quarantined, an earlier call is still running past its "
+                         f"{spec.timeout_ms} ms budget")
+            return out, None
+        cfg = self.config.for_handler(spec.name, spec.defaults)
+        while True:
+            out.attempts += 1
+            st.calls += 1
+            state = StateView(self.state_store, spec.name) if spec.state else None
+            ctx = HandlerContext(spec, view, config=cfg, zones=self.config.zones, state=state)
+            t0 = time.perf_counter()
+            try:
+                events = _invoke(spec, inp, ctx)
+                _check_output(events, spec, len(view.records))
+            except Exception as exc:  # noqa: BLE001 - any handler failure is isolated
+                st.latency_s += time.perf_counter() - t0
+                st.errors += 1
+                if out.attempts <= spec.retries and not isinstance(exc, HandlerError):
+                    st.retries += 1
+                    log.warning("handler %s failed (%s: %s); retry %d of %d", spec.name,
+                                type(exc).__name__, exc, out.attempts, spec.retries)
+                    continue
+                out.reason, out.error = REASON_ERROR, f"{type(exc).__name__}: {exc}"
+                out.traceback = traceback_summary(exc)
+                log.error("handler %s failed after %d attempt(s): %s [%s]", spec.name, out.attempts,
+                          out.error, out.traceback)
+                return out, None
+            st.latency_s += time.perf_counter() - t0
+            _merge_metrics(st, ctx.metrics)
+            assign_ids(events, view.records, spec.name)
+            out.events = events
+            st.events_out = len(events)
+            return out, state
+
+    def _result(self, specs: list[HandlerSpec], job: _Job) -> HandlerRunResult:
+        outputs: list[EventBatch] = []
+        dead: list[DeadLetter] = []
+        stats: dict[str, HandlerStats] = {}
+        for spec in specs:
+            out = job.outcomes.get(spec.name)
+            if out is None:
+                continue
+            stats[spec.name] = out.stats
+            if out.reason:
+                letters = self._dead_letters(spec, out)
+                out.stats.dead_letters = len(letters)
+                dead.extend(letters)
+            elif out.events is not None and len(out.events):
+                outputs.append(out.events)
+            self.totals.setdefault(spec.name, HandlerStats()).add(out.stats)
+        return HandlerRunResult(EventBatch.concat(outputs), dead, stats)
+
+    def _dead_letters(self, spec: HandlerSpec, out: _Outcome) -> list[DeadLetter]:
+        assert out.inp is not None
+        detail = {"handler": spec.name, "source": spec.where, "attempts": out.attempts,
+                  "traceback": out.traceback}
+        return [DeadLetter(out.inp.records[i], f"handler:{spec.name}", out.reason, out.error, detail)
+                for i in out.inp.input_records().tolist()]
+
+
+class _Executor:
+    """A daemon thread running batch jobs; abandoned (and replaced) when a handler hangs."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[_Job, int] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="handlers", daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, start = item
+            try:
+                job.run_from(start)
+            except BaseException:  # noqa: BLE001 - never leave the watcher waiting
+                log.exception("handler executor failed")
+                with job.cond:
+                    job.finished = True
+                    job.cond.notify_all()
+                    stuck = job.abandoned_at
+                if stuck is not None:
+                    job.runner._returned(job.specs[stuck].name)
+            if job.abandoned_at is not None:
+                return  # this thread was given up on; a fresh one serves the next batch
+
+    def submit(self, job: _Job, start: int) -> None:
+        self._jobs.put((job, start))
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
+def _events_for(spec: HandlerSpec, outputs: list[EventBatch]) -> EventBatch | None:
+    """The events of this batch so far that the handler consumes."""
+    if not spec.events or not outputs:
+        return None
+    so_far = EventBatch.concat(outputs)
+    if not len(so_far):
+        return None
+    mask = np.isin(so_far.attrs["type"], np.asarray(spec.events, dtype=object))
+    return so_far.take(mask) if mask.any() else None
+
+
+def _invoke(spec: HandlerSpec, inp: HandlerInput, ctx: HandlerContext) -> EventBatch:
+    ret = spec.fn(inp, ctx)
+    out = ctx.collected()
+    if ret is None:
+        return out
+    if not isinstance(ret, EventBatch):
+        raise HandlerError(f"handler {spec.name} returned {type(ret).__name__}, expected EventBatch or None")
+    if len(ret):
+        if "source" not in ret.attrs or not len(ret.attrs["source"]):
+            ret.attrs["source"] = np.full(len(ret), ctx.source, dtype=object)
+        out = EventBatch.concat([out, ret])
+    return out
+
+
+def _check_output(out: EventBatch, spec: HandlerSpec, n_records: int) -> None:
+    if not len(out):
+        return
+    types = set(np.unique(out.attrs["type"].astype(str)).tolist())
+    undeclared = types - set(spec.emits)
+    if undeclared:
+        raise HandlerError(f"emitted undeclared event type(s): {', '.join(sorted(undeclared))}")
+    if out.origin.min() < 0 or out.origin.max() >= n_records:
+        raise HandlerError("event origin outside the batch's records")
+
+
+def _merge_metrics(st: HandlerStats, metrics: HandlerMetrics) -> None:
+    for k, v in metrics.items():
+        st.custom[k] = st.custom.get(k, 0) + v
+
+
+def build_runner(functions_dir: Path, *, catalog: Any | None = None, state_store: StateStore | None = None,
+                 watch: bool = True) -> HandlerRunner:
+    """A runner over every handler in `functions_dir` (and its handlers.yaml), reloading changed
+    files between batches when `watch` is set."""
+    from pipeline.handlers.loader import FunctionsWatcher, load_functions
+
+    names = list(catalog.names) if catalog is not None else None
+    if watch:
+        watcher = FunctionsWatcher(functions_dir, catalog_names=names)
+        return HandlerRunner(watcher.registry, watcher.config, state_store, watcher=watcher)
+    registry = load_functions(functions_dir, catalog_names=names)
+    return HandlerRunner(registry, load_handler_config(functions_dir / "handlers.yaml"), state_store)

@@ -1,0 +1,128 @@
+"""trips: start and end across batches, summary from odometer or GPS, harsh counts, behaviour features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.handlers.testing import HandlerHarness
+
+SPEED, ODO = "Vehicle.Speed", "Vehicle.TraveledDistance"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+LONG, LAT_ACC = "Vehicle.Acceleration.Longitudinal", "Vehicle.Acceleration.Lateral"
+S = 1000
+
+
+def drive(t_s: np.ndarray, moving: np.ndarray, brake_at_s: list[int]) -> dict:
+    """1 Hz speed, odometer (+10 m per moving second), SoC, GPS; 10 Hz braking bursts."""
+    t = t_s * S
+    speed = np.where(moving, 36.0, 0.0)
+    odo = 1_000_000 + 10.0 * np.cumsum(moving)  # metres, continues across calls via t_s offset
+    soc = 80.0 - 0.01 * np.cumsum(moving)
+    lat = 34.0 + 0.0001 * np.cumsum(moving)
+    acc_t = np.concatenate([np.arange(b * S, b * S + 600, 100) for b in brake_at_s]) if brake_at_s else np.empty(0)
+    acc_v = np.tile([-6.0, -6.0, -6.0, -6.0, -6.0, 0.0], len(brake_at_s))  # 400 ms of hard braking
+    return {SPEED: (t, speed), ODO: (t, odo), SOC: (t, soc), LAT: (t, lat), LON: (t, np.full(t.shape[0], -6.8)),
+            LONG: (acc_t, acc_v), LAT_ACC: (acc_t, np.zeros(acc_t.shape[0]))}
+
+
+def test_trip_spanning_batches_with_summary_and_features(shipped) -> None:
+    t_all = np.arange(0, 900)
+    moving = (t_all >= 10) & (t_all < 400)
+    full = drive(t_all, moving, [])
+    brakes = {100: 0, 350: 1}
+
+    def part(lo: int, hi: int) -> dict:
+        sel = (t_all >= lo) & (t_all < hi)
+        out = {k: (tv[0][(tv[0] >= lo * S) & (tv[0] < hi * S)], np.asarray(tv[1])[(tv[0] >= lo * S) & (tv[0] < hi * S)])
+               for k, tv in full.items() if k not in (LONG, LAT_ACC)}
+        bursts = [b for b in brakes if lo <= b < hi]
+        extra = drive(t_all[sel], moving[sel], bursts)
+        out[LONG], out[LAT_ACC] = extra[LONG], extra[LAT_ACC]
+        return {"V1": out}
+
+    h = HandlerHarness(shipped("harsh_driving"), shipped("speeding"), shipped("idling"), shipped("trips"))
+    first = h.run(part(0, 300))
+    started = first.events_of("fleet.trip.started")
+    assert [(e["time"], e["trip_id"], e["odometer_km"]) for e in started] == [(10_000, "V1-10000", 1000.01)]
+    assert first.events_of("fleet.trip.ended") == []
+    second = h.run(part(300, 900))
+    h.close()
+    assert second.events_of("fleet.trip.started") == []
+    [ended] = second.events_of("fleet.trip.ended")
+    assert ended["trip_id"] == "V1-10000" and ended["time"] == 399_000
+    assert ended["duration_s"] == 389.0
+    assert ended["distance_km"] == pytest.approx(3.89, abs=1e-6)  # odometer: 389 s at 10 m/s
+    assert ended["energy_kwh"] == pytest.approx(389 * 0.01 / 100 * 6.1, abs=1e-3)
+    assert ended["harsh_events"] == 2
+    assert ended["start.lat"] == pytest.approx(34.0001) and ended["end.lat"] == pytest.approx(34.0 + 0.0001 * 390)
+    [feat] = second.events_of("fleet.behaviour.features")
+    assert feat["trip_id"] == "V1-10000" and feat["max_speed_kmh"] == 36.0
+    assert feat["mean_speed_kmh"] == pytest.approx(3.89 / (389 / 3600), abs=0.01)
+    assert feat["harsh_braking_per_100km"] == pytest.approx(2 / 3.89 * 100, abs=1e-3)
+    assert feat["harsh_accel_per_100km"] == 0 and feat["speeding_share"] == 0 and feat["idle_share"] == 0
+    assert h.state.get("trips", "V1") is None  # closed trips leave no state
+
+
+def test_a_long_pause_splits_trips_within_one_batch(shipped) -> None:
+    t = np.concatenate([np.arange(0, 61), np.arange(1000, 1061)])
+    h = HandlerHarness(shipped("trips"))
+    out = h.run({"V1": {SPEED: (t * S, np.full(t.shape[0], 30.0))}})
+    h.close()
+    assert [e["time"] for e in out.events_of("fleet.trip.started")] == [0, 1_000_000]
+    [ended] = out.events_of("fleet.trip.ended")
+    assert (ended["time"], ended["duration_s"]) == (60_000, 60.0)
+    assert h.state.get("trips", "V1")["trip_id"] == "V1-1000000"  # type: ignore[index]
+
+
+def test_gps_distance_is_the_same_whether_or_not_the_trip_is_split(shipped) -> None:
+    t = np.arange(0, 500)
+    moving = t < 100
+    lat = 34.0 + 0.0001 * np.minimum(t, 99)
+    speed = np.where(moving, 40.0, 0.0)
+
+    def batch(lo: int, hi: int) -> dict:
+        s = (t >= lo) & (t < hi)
+        return {"V1": {SPEED: (t[s] * S, speed[s]), LAT: (t[s] * S, lat[s]), LON: (t[s] * S, np.full(s.sum(), -6.8))}}
+
+    whole = HandlerHarness(shipped("trips"))
+    [one] = whole.run(batch(0, 500)).events_of("fleet.trip.ended")
+    split = HandlerHarness(shipped("trips"))
+    assert split.run(batch(0, 50)).events_of("fleet.trip.ended") == []
+    [two] = split.run(batch(50, 500)).events_of("fleet.trip.ended")
+    whole.close()
+    split.close()
+    assert one["distance_km"] == pytest.approx(99 * 0.0111195, rel=1e-3)
+    assert two["distance_km"] == pytest.approx(one["distance_km"], abs=1e-6)
+    assert "energy_kwh" not in one  # no state of charge sent: the field is absent
+
+
+def test_still_vehicle_does_not_start_a_trip(shipped) -> None:
+    h = HandlerHarness(shipped("trips"))
+    out = h.run({"V1": {SPEED: (np.arange(100) * S, np.full(100, 2.0))}})
+    h.close()
+    assert out.events_of() == []
+
+
+def test_state_restored_from_the_changelog_continues_the_trip(shipped) -> None:
+    """A restarted worker loads the persisted state (as from the table's changelog) and carries on."""
+    from pipeline.handlers.state import StateStore
+
+    t = np.arange(0, 500)
+    speed = np.where(t < 100, 40.0, 0.0)
+
+    def batch(lo: int, hi: int) -> dict:
+        s = (t >= lo) & (t < hi)
+        return {"V1": {SPEED: (t[s] * S, speed[s])}}
+
+    first = HandlerHarness(shipped("trips"))
+    first.run(batch(0, 50))
+    changelog = list(first.state.dirty().items())
+    first.close()
+    restored = StateStore()
+    restored.load(changelog)
+    second = HandlerHarness(shipped("trips"), state=restored)
+    [ended] = second.run(batch(50, 500)).events_of("fleet.trip.ended")
+    second.close()
+    assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)

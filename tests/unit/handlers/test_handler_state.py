@@ -1,0 +1,65 @@
+"""State store: bounded, orjson-plain values, dirty tracking, and writes only on commit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import HandlerError
+from pipeline.handlers.state import StateStore, StateTooLarge, StateView
+
+
+def test_put_converts_numpy_and_tracks_dirty_keys() -> None:
+    store = StateStore()
+    store.put("trips", "V1", {"start_t": np.int64(5), "peak": np.float64(1.5), "ok": np.bool_(True),
+                              "gone": float("nan")})
+    assert store.get("trips", "V1") == {"start_t": 5, "peak": 1.5, "ok": True, "gone": None}
+    assert type(store.get("trips", "V1")["start_t"]) is int  # type: ignore[index]
+    store.delete("trips", "V1")
+    assert store.dirty() == {"trips/V1": None}
+    assert store.dirty() == {}
+
+
+def test_state_larger_than_the_bound_is_rejected() -> None:
+    store = StateStore(max_bytes=64)
+    with pytest.raises(StateTooLarge):
+        store.put("h", "V1", {"xs": list(range(100))})
+    assert store.get("h", "V1") is None
+
+
+def test_non_serialisable_state_is_a_handler_error() -> None:
+    with pytest.raises(HandlerError):
+        StateStore().put("h", "V1", {"obj": object()})
+
+
+def test_load_fills_without_marking_dirty() -> None:
+    store = StateStore()
+    assert store.load([("h/V1", {"a": 1}), ("h/V2", {"a": 2}), ("h/V1", None)]) == 3
+    assert store.get("h", "V1") is None and store.get("h", "V2") == {"a": 2}
+    assert store.dirty() == {}
+    assert store.keys("h") == ["h/V2"]
+
+
+def test_view_writes_apply_on_commit_only() -> None:
+    store = StateStore()
+    store.put("h", "V1", {"n": 1})
+    store.dirty()
+    view = StateView(store, "h")
+    view.put("V1", {"n": 2})
+    view.put("V2", {"n": 3})
+    assert view.get("V1") == {"n": 2}  # the handler sees its own writes
+    assert store.get("h", "V1") == {"n": 1}
+    view.discard()
+    assert store.get("h", "V1") == {"n": 1} and store.dirty() == {}
+    view.put("V1", None)
+    view.commit()
+    assert store.get("h", "V1") is None and store.dirty() == {"h/V1": None}
+
+
+def test_view_get_many_returns_copies() -> None:
+    store = StateStore()
+    store.put("h", "V1", {"n": 1})
+    got = StateView(store, "h").get_many(["V1", "V9"])
+    assert got == [{"n": 1}, None]
+    got[0]["n"] = 99  # type: ignore[index]
+    assert store.get("h", "V1") == {"n": 1}
