@@ -1,0 +1,141 @@
+"""Route a batch of derived events: every route that matches gets its transformed copy.
+
+`Router.route(events)` evaluates each route's compiled predicate over the whole batch,
+runs the transform on the matched rows (as columns) and gives the result deterministic
+ids, `deterministic_id(event id, route name, split index)`. Events no route matches are
+counted and go to the default route if there is one. Rules are swapped with
+`Router.update` between batches: a batch is routed entirely by the rules it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.batch import EventBatch, IntArray
+from pipeline.errors import ConfigError
+from pipeline.rules.columns import Columns
+from pipeline.rules.loader import CompiledRoute, RuleSet
+from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Target
+from pipeline.rules.transform import Context, Frame, deterministic_ids
+
+log = logging.getLogger(__name__)
+
+TRANSFORM_ERROR = "transform_error"
+MATCH_ERROR = "match_error"
+
+
+@dataclass
+class RouteResult:
+    """What routing one batch produced.
+
+    - `per_route`: transformed events per route (routes with no output are absent);
+    - `targets`: where each route in `per_route` delivers;
+    - `unmatched`: events no route matched (routed to the default route if configured);
+    - `dead_letters`: (route, origin index, reason, error) per event a route could not handle;
+    - `dead_letter_events`: those events as they entered the route, by route;
+    - `counts`: output events per route (every route in the rules, zero included);
+    - `parts`: split index of every row of `per_route`;
+    - `version`: digest of the rules used.
+    """
+
+    per_route: dict[str, EventBatch] = field(default_factory=dict)
+    targets: dict[str, list[Target]] = field(default_factory=dict)
+    unmatched: int = 0
+    dead_letters: list[tuple[str, int, str, str]] = field(default_factory=list)
+    dead_letter_events: dict[str, EventBatch] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    parts: dict[str, IntArray] = field(default_factory=dict)
+    version: str = ""
+
+
+class Router:
+    """Compiled rules applied to event batches; `update` swaps the rules atomically."""
+
+    def __init__(self, ruleset: RuleSet, hmac_secret: bytes, *, assign_ids: bool = True) -> None:
+        if not hmac_secret:
+            raise ConfigError("the HMAC key for pseudonyms is empty", field=DEFAULT_HMAC_KEY_ENV)
+        self._hmac_secret = bytes(hmac_secret)
+        self.assign_ids = assign_ids
+        self._pseudonyms: dict[tuple[str, int, str], dict[object, str]] = {}
+        self._state = self._prepare(ruleset)
+
+    def _prepare(self, ruleset: RuleSet) -> tuple[RuleSet, dict[str, bytes]]:
+        keys = dict(ruleset.keys)
+        keys[DEFAULT_HMAC_KEY_ENV] = self._hmac_secret
+        missing = sorted(env for env in ruleset.key_envs() if not keys.get(env))
+        if missing:
+            raise ConfigError(f"HMAC key environment variable(s) not set: {', '.join(missing)}", field="key_env")
+        return ruleset, keys
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._state[0]
+
+    def update(self, ruleset: RuleSet) -> None:
+        """Use new rules from the next batch on (one reference assignment: atomic)."""
+        state = self._prepare(ruleset)
+        if state[1] != self._state[1]:
+            self._pseudonyms = {}
+        self._state = state
+
+    def route(self, events: EventBatch) -> RouteResult:
+        """Match, transform and label one batch of events."""
+        ruleset, keys = self._state  # one snapshot for the whole batch
+        result = RouteResult(version=ruleset.digest)
+        n = len(events)
+        for route in ruleset.all_routes():
+            result.counts[route.name] = 0
+        if n == 0:
+            return result
+        cols = Columns(events)
+        ctx = Context(keys, self._pseudonyms)
+        matched = np.zeros(n, dtype=bool)
+        for route in ruleset.routes:
+            try:
+                mask = route.predicate.evaluate(cols)
+            except Exception as exc:  # a predicate bug must not stop the other routes
+                log.exception("route %s: match failed", route.name)
+                self._fail(result, route, events, np.arange(n), MATCH_ERROR, repr(exc))
+                continue
+            matched |= mask
+            rows = np.flatnonzero(mask)
+            if rows.shape[0]:
+                self._emit(route, events, rows, cols, ctx, result)
+        unmatched = np.flatnonzero(~matched)
+        result.unmatched = int(unmatched.shape[0])
+        if ruleset.default is not None and result.unmatched:
+            self._emit(ruleset.default, events, unmatched, cols, ctx, result)
+        return result
+
+    def _emit(self, route: CompiledRoute, events: EventBatch, rows: IntArray, cols: Columns,
+              ctx: Context, result: RouteResult) -> None:
+        try:
+            frame = route.transform.apply(Frame(events, rows, cols), ctx)
+            out = frame.build()
+            if self.assign_ids and len(out):
+                out.attrs["id"] = deterministic_ids(events.attrs["id"][frame.index], route.name, frame.part)
+        except Exception as exc:  # errors are data: the route's events are dead-lettered
+            log.exception("route %s: transform failed", route.name)
+            self._fail(result, route, events, rows, TRANSFORM_ERROR, repr(exc))
+            return
+        dead_rows: list[IntArray] = []
+        for source_rows, reason, error in frame.dead:
+            dead_rows.append(source_rows)
+            origin = events.origin[source_rows].tolist()
+            result.dead_letters.extend((route.name, int(o), reason, error) for o in origin)
+        if dead_rows:
+            result.dead_letter_events[route.name] = events.take(np.concatenate(dead_rows))
+        if len(out):
+            result.per_route[route.name] = out
+            result.targets[route.name] = list(route.spec.to)
+            result.parts[route.name] = frame.part
+        result.counts[route.name] = len(out)
+
+    @staticmethod
+    def _fail(result: RouteResult, route: CompiledRoute, events: EventBatch, rows: IntArray,
+              reason: str, error: str) -> None:
+        result.dead_letters.extend((route.name, int(o), reason, error) for o in events.origin[rows].tolist())
+        result.dead_letter_events[route.name] = events.take(rows)
