@@ -243,7 +243,7 @@ class EventBatch:
                 if name in src:
                     chunks.append(src[name].astype(dtype, copy=False))
                 else:
-                    chunks.append(np.zeros(n, dtype=dtype) if dtype != object else np.full(n, None, dtype=object))
+                    chunks.append(np.full(n, None, dtype=object) if dtype == np.dtype(object) else np.zeros(n, dtype=dtype))
             return np.concatenate(chunks)
 
         attrs = {k: column("attrs", k) for k in attr_names}

@@ -53,11 +53,11 @@ class Settings(BaseSettings):
     # --- Worker ------------------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, description="Records per take() batch.")
     batch_wait_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
-    segment_max_records: int = Field(20_000, ge=1, description="Flush a partition's segment at this many records.")
-    segment_max_readings: int = Field(2_000_000, ge=1, description="...or at this many clean readings.")
     max_frame_bytes: int = Field(1_000_000, ge=1024, description="Frames larger than this are dead-lettered as oversized.")
     metrics_port: int = Field(9100, ge=0, description="Prometheus endpoint port (0 = off).")
     web_port: int = Field(6066, ge=0, description="Faust web port.")
+    handlers_enabled: bool = Field(True, description="Run the function handlers in functions/.")
+    rules_enabled: bool = Field(True, description="Route derived events by the rules in rules/routes/.")
     rules_dir: Path = REPO_ROOT / "rules"
     functions_dir: Path = REPO_ROOT / "functions"
     data_dir: Path = Field(REPO_ROOT / ".services" / "worker", description="Faust table state folder.")

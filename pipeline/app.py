@@ -1,0 +1,421 @@
+"""The Faust worker: a thin adapter that feeds batches to the core and writes its outputs.
+
+Delivery invariant: input events are taken with `noack_take` and acknowledged only after
+every output derived from them is durable (objects PUT, routed and dead-letter events
+acknowledged by Kafka). Faust's `take()` would ack in a `finally` even when the body
+raised, so it is not used. Errors inside a batch become dead letters; a sink that fails
+is retried with backoff while consumption waits (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import numpy as np
+import orjson
+
+from pipeline import metrics
+from pipeline.batch import DeadLetter, RawRecord
+from pipeline.config import Settings
+from pipeline.core import BatchResult, Core
+from pipeline.segments import Segment, add_to_segment, segment_objects, split_batch
+from pipeline.sinks import (
+    Backoff,
+    ObjectStoreSink,
+    OutMessage,
+    PutObject,
+    TopicSink,
+    dead_letter_record,
+    segment_name,
+)
+
+log = logging.getLogger("pipeline.worker")
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """Broker URL and credentials for Faust from the typed settings."""
+    servers = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(","))
+    kwargs: dict[str, Any] = {"broker": servers}
+    client = settings.kafka_client_kwargs()
+    if settings.kafka_sasl_mechanism:
+        kwargs["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=client.get("sasl_plain_password") or "",
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=client.get("ssl_context"),
+        )
+    elif "ssl_context" in client:
+        kwargs["broker_credentials"] = faust.SSLCredentials(client["ssl_context"])
+    return kwargs
+
+
+def to_raw_record(event: Any) -> RawRecord:
+    m = event.message
+    headers = m.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return RawRecord(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=m.value,
+        headers=tuple((k, bytes(v) if v is not None else b"") for k, v in headers),
+        timestamp_ms=int(m.timestamp * 1000) if m.timestamp else 0,
+    )
+
+
+class Worker:
+    """State of one worker process: the core, the sinks and the open segments."""
+
+    def __init__(self, settings: Settings, core: Core) -> None:
+        self.settings = settings
+        self.core = core
+        self.segments: dict[tuple[str, int], Segment] = {}
+        self.store = ObjectStoreSink(
+            settings.minio_client(), settings.s3_bucket, Backoff(0.2, 5.0),
+            on_retry=self._store_failed,
+        )
+        self.producer: Any = None
+        self.topics: TopicSink | None = None
+        self.batches = 0
+        self.busy = asyncio.Lock()
+        self.webhooks: Any = None
+        self.rules_watcher: Any = None
+        self._next_rules_poll = 0.0
+        if core.router is not None:
+            from pipeline.rules import RulesWatcher
+
+            def rejected(message: str) -> None:
+                metrics.RELOADS.labels("rules", "rejected").inc()
+
+            def accepted(ruleset: Any) -> None:
+                assert core.router is not None
+                core.router.update(ruleset)
+                metrics.RELOADS.labels("rules", "ok").inc()
+                log.info("rules reloaded: version %s", ruleset.digest[:12])
+
+            self.rules_watcher = RulesWatcher(settings.rules_dir / "routes", accepted,
+                                              initial=core.router.ruleset, on_error=rejected)
+
+    def poll_reloads(self) -> None:
+        """Between batches: pick up valid rule changes (functions reload inside the runner)."""
+        now = time.monotonic()
+        if self.rules_watcher is not None and now >= self._next_rules_poll:
+            self._next_rules_poll = now + 1.0
+            self.rules_watcher.poll()
+
+    def _store_failed(self, exc: Exception) -> None:
+        metrics.SINK_RETRIES.labels("s3").inc()
+        metrics.BACKPRESSURE.set(1)
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        if self.producer is not None:
+            return
+        self.producer = AIOKafkaProducer(
+            **self.settings.kafka_client_kwargs(),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+        )
+        await self.producer.start()
+        self.topics = TopicSink(self.producer, Backoff(0.2, 5.0))
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    # --- one batch ------------------------------------------------------------------------
+    async def handle(self, stream: Any, events: Sequence[Any]) -> None:
+        """Process one take() batch; ack its events once their outputs are durable."""
+        async with self.busy:
+            await self.start()
+            self.poll_reloads()
+            records = [to_raw_record(e) for e in events]
+            started = time.perf_counter()
+            try:
+                result = self.core.process(records)
+            except Exception as exc:  # the core failed as a whole: dead-letter the batch
+                log.exception("core failed on %d records %s..%s", len(records),
+                              records[0].where, records[-1].where)
+                result = self._failed_batch(records, exc)
+            self._observe(result, time.perf_counter() - started)
+
+            await self._emit_topics(result)
+            parts = split_batch(result)
+            events_by_tp: dict[tuple[str, int], list[Any]] = {}
+            for e, r in zip(events, records, strict=True):
+                events_by_tp.setdefault((r.topic, r.partition), []).append(e)
+            for key, part in parts.items():
+                seg = self.segments.get(key)
+                if seg is None:
+                    seg = self.segments[key] = Segment(*key)
+                add_to_segment(seg, part, records)
+                seg.pending.extend(events_by_tp[key])
+
+            # Flush every partition's share of the batch, then ack it. Holding acks across
+            # batches stalls Faust's consumer (its fetch flow waits on acks), so a segment is
+            # one batch's records of one partition.
+            for key in list(self.segments):
+                await self.flush(stream, key)
+            self.batches += 1
+
+    def _failed_batch(self, records: list[RawRecord], exc: Exception) -> BatchResult:
+        from pipeline.batch import EventBatch, Readings
+
+        empty = Readings.empty()
+        return BatchResult(
+            records=records, decoded=empty, clean=empty, repaired=np.zeros(0, dtype=bool),
+            outcome=np.zeros(0, dtype=np.int8), reasons=["kept"], events=EventBatch.empty(),
+            routed={}, targets={},
+            dead_letters=[DeadLetter(r, "core", "core_error", f"{type(exc).__name__}: {exc}") for r in records],
+        )
+
+    def _observe(self, result: BatchResult, seconds: float) -> None:
+        for r in result.records:
+            metrics.FRAMES_IN.labels(r.topic).inc()
+        for stage, s in result.timings.items():
+            metrics.BATCH_SECONDS.labels(stage).observe(s)
+        metrics.BATCH_SECONDS.labels("total").observe(seconds)
+        counts = result.readings_by_record().sum(axis=0).tolist() if result.records else []
+        for name, n in zip(result.reasons, counts, strict=False):
+            if n:
+                metrics.READINGS_OUT.labels(name).inc(n)
+        if len(result.decoded):
+            metrics.READINGS_IN.labels(result.records[0].topic).inc(len(result.decoded))
+        for dl in result.dead_letters:
+            metrics.DEAD_LETTERS.labels(dl.stage, dl.reason).inc()
+            if dl.stage == "decode":
+                metrics.FRAMES_DEAD.labels(dl.reason).inc()
+        if len(result.events):
+            types, n = np.unique(result.events.attrs["type"].astype(str), return_counts=True)
+            for t, c in zip(types.tolist(), n.tolist(), strict=True):
+                metrics.EVENTS_DERIVED.labels(t).inc(c)
+        if result.unmatched:
+            metrics.EVENTS_UNMATCHED.inc(result.unmatched)
+        for name, st in (result.handler_stats or {}).items():
+            st = st if isinstance(st, dict) else getattr(st, "__dict__", {})
+            metrics.HANDLER_CALLS.labels(name).inc(st.get("calls", 0))
+            metrics.HANDLER_ERRORS.labels(name).inc(st.get("errors", 0))
+            metrics.HANDLER_ROWS.labels(name).inc(st.get("rows_in", 0))
+            metrics.HANDLER_EVENTS.labels(name).inc(st.get("events_out", 0))
+            if st.get("latency_s") is not None:
+                metrics.HANDLER_SECONDS.labels(name).observe(st["latency_s"])
+        for dl in result.dead_letters:
+            log.warning("dead letter %s stage=%s reason=%s: %s", dl.record.where, dl.stage, dl.reason,
+                        dl.error[:200])
+
+    async def _emit_topics(self, result: BatchResult) -> None:
+        """Routed events and dead letters to Kafka; returns once every one is acknowledged."""
+        from pipeline.events import encode_event
+
+        assert self.topics is not None
+        out: list[OutMessage] = []
+        for route, batch in result.routed.items():
+            topic_targets = [t for t in result.targets.get(route, []) if getattr(t, "kind", None) == "topic"]
+            if not topic_targets or not len(batch):
+                continue
+            for attrs, data in batch.rows():
+                rec = encode_event(attrs, data)
+                for target in topic_targets:
+                    out.append(OutMessage(target.topic, rec.key, rec.value, rec.headers))
+            metrics.EVENTS_ROUTED.labels(route).inc(len(batch))
+        webhook_dead = await self._deliver_webhooks(result)
+        for dl in [*result.dead_letters, *webhook_dead]:
+            key, value, headers = dead_letter_record(dl)
+            topic = (dl.detail or {}).get("dead_letter_topic") or self.settings.topic_dlq
+            out.append(OutMessage(topic, key, value, headers))
+        if out:
+            seconds = await self.topics.write(out)
+            metrics.SINK_SECONDS.labels("kafka").observe(seconds)
+        objects = route_objects(result)
+        if objects:
+            await self.store.write(objects)
+
+    async def _deliver_webhooks(self, result: BatchResult) -> list[DeadLetter]:
+        """POST routed events to webhook targets (concurrently, each with its own retries and
+        timeout); events a webhook refused after its retries become dead letters."""
+        if result.route_result is None or self.core.router is None:
+            return []
+        ruleset = self.core.router.ruleset
+        if not any(getattr(t, "kind", None) == "webhook" for ts in result.targets.values() for t in ts):
+            return []
+        if self.webhooks is None:
+            from pipeline.rules.webhook import WebhookSender
+
+            self.webhooks = WebhookSender()
+        dead: list[DeadLetter] = []
+        for outcome in await self.webhooks.deliver(result.route_result, ruleset):
+            batch = result.routed[outcome.route]
+            for row, reason, error in outcome.dead_letters:
+                record = result.records[int(batch.origin[row])]
+                dead.append(DeadLetter(record, f"route:{outcome.route}", reason, f"{outcome.url}: {error}"))
+        return dead
+
+    async def flush(self, stream: Any, key: tuple[str, int]) -> None:
+        """PUT a segment's objects, then ack its input events (the commit follows)."""
+        seg = self.segments.pop(key)
+        objects = segment_objects(seg)
+        seconds = await self.store.write(objects)
+        metrics.BACKPRESSURE.set(0)
+        metrics.SINK_SECONDS.labels("s3").observe(seconds)
+        for obj in objects:
+            metrics.OBJECTS_WRITTEN.labels(obj.key.split("/", 1)[0]).inc()
+        for event in seg.pending:
+            await stream.ack(event)
+        metrics.SEGMENTS_FLUSHED.inc()
+        if seg.records:
+            newest = max(r.timestamp_ms for r in seg.records)
+            metrics.E2E_LATENCY.observe(max(0.0, time.time() - newest / 1000))
+        log.info("%s[%d] offsets %d..%d flushed: %d frames, %d readings in, %d objects",
+                 seg.topic, seg.partition, seg.first, seg.last, seg.frames_in, seg.readings_in, len(objects))
+
+    def forget(self, partitions: Any) -> None:
+        """Partitions revoked: drop their open segments. The cleaner's per-vehicle history is
+        bounded (least recently seen first out) and rebuilt from new data by the new owner."""
+        self._forget_segments(partitions)
+
+    def _forget_segments(self, partitions: Any) -> None:
+        """Partitions revoked: drop their open segments (un-acked, the new owner replays them)."""
+        for tp in partitions:
+            seg = self.segments.pop((tp.topic, tp.partition), None)
+            if seg is not None:
+                log.info("%s[%d] revoked: %d un-flushed records will be replayed by the new owner",
+                         tp.topic, tp.partition, len(seg))
+
+
+def route_objects(result: BatchResult) -> list[PutObject]:
+    """Routed events for object-store targets: JSON lines per route, target and input partition,
+    named from the partition's offsets in this batch."""
+    from pipeline.events import encode_event
+
+    objects: list[PutObject] = []
+    for route, batch in result.routed.items():
+        prefixes = [t.object for t in result.targets.get(route, []) if getattr(t, "kind", None) == "object"]
+        if not prefixes or not len(batch):
+            continue
+        by_part: dict[tuple[str, int], list[int]] = {}
+        for row, origin in enumerate(batch.origin.tolist()):
+            rec = result.records[origin]
+            by_part.setdefault((rec.topic, rec.partition), []).append(row)
+        rows = batch.rows()
+        for (topic, partition), idx in by_part.items():
+            offsets = [r.offset for r in result.records if r.topic == topic and r.partition == partition]
+            lines = []
+            for i in idx:
+                attrs, data = rows[i]
+                rec = encode_event(attrs, data)
+                lines.append(orjson.dumps({**{k[3:]: v.decode() for k, v in rec.headers if k.startswith("ce_")},
+                                           "data": data}))
+            body = b"\n".join(lines) + b"\n"
+            name = segment_name(topic, partition, min(offsets), max(offsets))
+            for prefix in prefixes:
+                objects.append(PutObject(f"{prefix}{route}/{name}.jsonl", body, "application/x-ndjson",
+                                         {"route": route, "events": str(len(idx))}))
+    return objects
+
+
+async def ensure_topics(settings: Settings, extra: Sequence[str] = ()) -> None:
+    """Create the ingest, dead-letter and route topics if missing (partition count on purpose)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(t, settings.partitions, settings.replication_factor)
+            for t in (*settings.ingest_topics, settings.topic_dlq, *extra)
+            if t not in existing
+        ]
+        if wanted:
+            await admin.create_topics(wanted)
+            log.info("created topics %s", ", ".join(t.name for t in wanted))
+    finally:
+        await admin.close()
+
+
+def route_topics(core: Core) -> list[str]:
+    """Every topic the rules deliver to (targets and dead-letter targets), to create up front."""
+    if core.router is None:
+        return []
+    topics: list[str] = []
+    for route in core.router.ruleset.all_routes():
+        for target in [*route.spec.to, route.spec.dead_letter]:
+            if getattr(target, "kind", None) == "topic":
+                topics.append(target.topic)
+    return sorted(set(topics))
+
+
+def create_app(settings: Settings, core: Core) -> tuple[faust.App, Worker]:
+    """The Faust app with one agent on both (co-partitioned) ingest topics, concurrency 1."""
+    app = faust.App(
+        settings.app_id,
+        **faust_broker_kwargs(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        # A crashed replica's partitions move after 10 s instead of Kafka's default 45-60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        stream_buffer_maxsize=max(4 * settings.batch_size, 4096),
+        broker_max_poll_records=settings.batch_size,
+        datadir=str(settings.data_dir),
+    )
+    worker = Worker(settings, core)
+    topic = app.topic(*settings.ingest_topics, key_type=bytes, value_type=bytes,
+                      partitions=settings.partitions)
+
+    @app.agent(topic, concurrency=1, name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            try:
+                await worker.handle(stream, events)
+            except Exception:
+                # Outputs of this batch are not durable, so its offsets must not be acked.
+                # Carrying on would leave a hole the commit can never pass: stop instead,
+                # and the restarted worker replays from the last commit.
+                log.critical("batch failed outside the dead-letter path; stopping the worker",
+                             exc_info=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        worker.forget(revoked)
+
+    app.pipeline_worker = worker  # type: ignore[attr-defined]
+    return app, worker
+
+
+def run_worker(settings: Settings) -> None:
+    """`pipeline worker`: check config, create topics and bucket, start metrics, run Faust."""
+    from faust.worker import Worker as FaustWorker
+
+    core = Core.from_settings(settings)
+    asyncio.run(ensure_topics(settings, route_topics(core)))
+    store = ObjectStoreSink(settings.minio_client(), settings.s3_bucket)
+    store.ensure_bucket()
+    metrics.serve(settings.metrics_port)
+    app, worker = create_app(settings, core)
+    log.info("worker %s: topics %s, bucket %s, metrics :%s", settings.app_id,
+             ",".join(settings.ingest_topics), settings.s3_bucket, settings.metrics_port)
+    # mode's Worker handles SIGTERM/SIGINT: agents stop, acked offsets are committed.
+    FaustWorker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
