@@ -88,6 +88,11 @@ class Worker:
         self.batches = 0
         self.busy = asyncio.Lock()
         self.webhooks: Any = None
+        self.state: Any = None
+        if core.handlers is not None:
+            from pipeline.state_sync import StateChangelog
+
+            self.state = StateChangelog(settings, core.handlers.state_store)
         self.rules_watcher: Any = None
         self._next_rules_poll = 0.0
         if core.router is not None:
@@ -143,6 +148,9 @@ class Worker:
             await self.start()
             self.poll_reloads()
             records = [to_raw_record(e) for e in events]
+            if self.state is not None:
+                self.state.note(records)
+                await self.state.restore({r.partition for r in records})
             started = time.perf_counter()
             try:
                 result = self.core.process(records)
@@ -231,6 +239,8 @@ class Worker:
                 for target in topic_targets:
                     out.append(OutMessage(target.topic, rec.key, rec.value, rec.headers))
             metrics.EVENTS_ROUTED.labels(route).inc(len(batch))
+        if self.state is not None:
+            out.extend(self.state.changes())
         webhook_dead = await self._deliver_webhooks(result)
         for dl in [*result.dead_letters, *webhook_dead]:
             key, value, headers = dead_letter_record(dl)
@@ -285,6 +295,8 @@ class Worker:
         """Partitions revoked: drop their open segments. The cleaner's per-vehicle history is
         bounded (least recently seen first out) and rebuilt from new data by the new owner."""
         self._forget_segments(partitions)
+        if self.state is not None:
+            self.state.drop({tp.partition for tp in partitions})
 
     def _forget_segments(self, partitions: Any) -> None:
         """Partitions revoked: drop their open segments (un-acked, the new owner replays them)."""
@@ -411,6 +423,10 @@ def run_worker(settings: Settings) -> None:
 
     core = Core.from_settings(settings)
     asyncio.run(ensure_topics(settings, route_topics(core)))
+    if core.handlers is not None:
+        from pipeline.state_sync import ensure_changelog
+
+        asyncio.run(ensure_changelog(settings))
     store = ObjectStoreSink(settings.minio_client(), settings.s3_bucket)
     store.ensure_bucket()
     metrics.serve(settings.metrics_port)

@@ -192,9 +192,10 @@ def dead_letter_record(dl: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[
 class OutMessage:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics)
     headers: list[tuple[str, bytes]]
     timestamp_ms: int | None = None
+    partition: int | None = None  # None: the producer's partitioner (murmur2 of the key)
 
 
 class TopicSink:
@@ -212,7 +213,7 @@ class TopicSink:
         async def send_all() -> None:
             futures = [
                 await self.producer.send(m.topic, m.value, key=m.key, headers=m.headers,
-                                         timestamp_ms=m.timestamp_ms)
+                                         timestamp_ms=m.timestamp_ms, partition=m.partition)
                 for m in messages
             ]
             await asyncio.gather(*futures)
