@@ -116,7 +116,7 @@ def reference_markdown() -> str:
         "Every event goes to every route that matches. Events no route matches are counted and go",
         "to the route marked `default: true` (shipped: `unmatched` -> `route.unmatched`); without",
         "one they are only counted. Routed events get deterministic ids:",
-        "`deterministic_id(event id, route name, split index)`.",
+        "`<event id>/<route name>/<split index>`.",
         "",
         "## Example",
         "",

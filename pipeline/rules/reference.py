@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.batch import deterministic_id
 from pipeline.rules.loader import CompiledRoute, RuleSet
 from pipeline.rules.patterns import lookup
 from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, CoarsenSpec
@@ -284,5 +283,5 @@ def _emit(route: CompiledRoute, index: int, event: Mapping[str, Any], keys: Mapp
         return
     bucket = result.per_route.setdefault(route.name, [])
     for out, part in outputs:
-        out["id"] = deterministic_id(event["id"], route.name, part)
+        out["id"] = f"{event['id']}/{route.name}/{part}"  # as transform.deterministic_ids
         bucket.append(out)

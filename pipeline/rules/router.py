@@ -2,7 +2,7 @@
 
 `Router.route(events)` evaluates each route's compiled predicate over the whole batch,
 runs the transform on the matched rows (as columns) and gives the result deterministic
-ids, `deterministic_id(event id, route name, split index)`. Events no route matches are
+ids, `<event id>/<route name>/<split index>`. Events no route matches are
 counted and go to the default route if there is one. Rules are swapped with
 `Router.update` between batches: a batch is routed entirely by the rules it started with.
 """

@@ -9,14 +9,12 @@ Events that lack a field a step needs leave the frame as dead letters with the r
 
 from __future__ import annotations
 
-import hashlib
 import hmac as hmac_lib
 import math
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import methodcaller
 from typing import Any
 
 import numpy as np
@@ -764,18 +762,16 @@ class Transform:
 
 
 def deterministic_ids(event_ids: ObjArray, route: str, parts: IntArray) -> ObjArray:
-    """`deterministic_id(event id, route, part)` for every row, without a Python-level loop body."""
+    """`<event id>/<route>/<part>` for every row: deterministic (a replay yields the same id),
+    unique per route and split part, and traceable to the derived event it came from.
+    Built by vectorised string concatenation: hashing every routed event (blake2b) cost
+    more than matching and transforming it."""
     n = event_ids.shape[0]
-    out = np.empty(n, dtype=object)
     if n == 0:
-        return out
+        return np.empty(0, dtype=object)
     if not parts.any():
-        text = event_ids + f"/{route}/0"
-    else:
-        text = event_ids + f"/{route}/" + parts.astype(str).astype(object)
-    blake = partial(hashlib.blake2b, digest_size=16)
-    out[:] = list(map(methodcaller("hexdigest"), map(blake, map(str.encode, map(str, text.tolist())))))
-    return out
+        return np.asarray(event_ids + f"/{route}/0", dtype=object)
+    return np.asarray(event_ids + f"/{route}/" + parts.astype(str).astype(object), dtype=object)
 
 
 # ---------------------------------------------------------------------------------------------

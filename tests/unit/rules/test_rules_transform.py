@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.batch import deterministic_id
 from pipeline.rules.columns import batch_from_events, events_from_batch
 from pipeline.rules.loader import RuleSet
 from pipeline.rules.reference import route_events
@@ -208,8 +207,8 @@ def test_split_by_fields_makes_one_event_per_part_with_deterministic_ids(rules_f
     assert [(o["data"]["trip_id"], o["data"]["point"], o["data"]["location"]) for o in out] == [
         ("t1", "start", {"lat": 1.0, "lon": 2.0}), ("t1", "end", {"lat": 3.0, "lon": 4.0}),
         ("t2", "start", {"lat": 5.0, "lon": 6.0})]
-    assert [o["id"] for o in out] == [deterministic_id("ev-0", "r", 0), deterministic_id("ev-0", "r", 1),
-                                      deterministic_id("ev-1", "r", 0)]
+    assert [o["id"] for o in out] == ["ev-0/r/0", "ev-0/r/1",
+                                      "ev-1/r/0"]
     assert all("start" not in o["data"] and "end" not in o["data"] for o in out)
 
 
@@ -220,7 +219,7 @@ def test_split_of_an_array_makes_one_event_per_element(rules_from: Callable[[str
     """))
     out = route_one(rs, [event("fleet.dtc.appeared", codes=["P0420", "U0100"]), event("fleet.dtc.appeared", codes=[])])
     assert [(o["data"]["code"], o["data"]["position"]) for o in out] == [("P0420", 0), ("U0100", 1)]
-    assert [o["id"] for o in out] == [deterministic_id("ev-0", "r", 0), deterministic_id("ev-0", "r", 1)]
+    assert [o["id"] for o in out] == ["ev-0/r/0", "ev-0/r/1"]
 
 
 def test_routed_ids_are_deterministic_per_route(rules_from: Callable[[str], RuleSet]) -> None:
@@ -234,6 +233,6 @@ def test_routed_ids_are_deterministic_per_route(rules_from: Callable[[str], Rule
     batch = batch_from_events([{"id": "x1", **event()}, {"id": "x2", **event()}])
     first = Router(rs, KEY).route(batch)
     again = Router(rs, KEY).route(batch)
-    assert first.per_route["a"].attrs["id"].tolist() == [deterministic_id("x1", "a", 0), deterministic_id("x2", "a", 0)]
-    assert first.per_route["b"].attrs["id"].tolist() == [deterministic_id("x1", "b", 0), deterministic_id("x2", "b", 0)]
+    assert first.per_route["a"].attrs["id"].tolist() == ["x1/a/0", "x2/a/0"]
+    assert first.per_route["b"].attrs["id"].tolist() == ["x1/b/0", "x2/b/0"]
     assert again.per_route["a"].attrs["id"].tolist() == first.per_route["a"].attrs["id"].tolist()
