@@ -54,6 +54,25 @@ class BatchResult:
         return ok
 
 
+def unknown_signal_frames(records: list[RawRecord], decoded: Readings, outcome: np.ndarray,
+                          reasons: list[str]) -> list[DeadLetter]:
+    """Frames whose every reading is an unknown signal carry nothing usable: dead-letter them
+    (their readings stay counted as dropped.unknown_signal). A frame with some known signals
+    is processed, and its unknown ones are dropped reading by reading."""
+    if "dropped.unknown_signal" not in reasons or not len(decoded):
+        return []
+    code = reasons.index("dropped.unknown_signal")
+    n_frames = len(decoded.frames)
+    unknown = np.bincount(decoded.frame, weights=(outcome == code), minlength=n_frames)
+    total = np.bincount(decoded.frame, minlength=n_frames)
+    out = []
+    for f in np.flatnonzero((total > 0) & (unknown == total)).tolist():
+        names = sorted({decoded.signal_names[i] for i in decoded.signal[decoded.frame == f].tolist()})
+        out.append(DeadLetter(records[int(decoded.frames.record[f])], "clean", "unknown_signal",
+                              f"no known signal in the frame: {', '.join(names)[:300]}"))
+    return out
+
+
 class Core:
     """Holds the compiled stages; `process(records)` runs one batch through all of them."""
 
@@ -107,6 +126,7 @@ class Core:
         timings["decode"] = t1 - t0
 
         cleaned = self.cleaner.clean(decoded, now_ms=now_ms)
+        dead_letters.extend(unknown_signal_frames(records, decoded, cleaned.outcome, list(cleaned.reasons)))
         t2 = time.perf_counter()
         timings["clean"] = t2 - t1
 

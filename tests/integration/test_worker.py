@@ -116,7 +116,7 @@ def test_end_to_end_objects_dead_letters_and_reconcile(stack: Stack) -> None:
     # The unknown signal is dropped by cleaning with its reason, counted in the metrics.
     assert worker.metric("pipeline_readings_total", outcome="dropped.unknown_signal") >= 1
     reasons = dead_letter_reasons(s)
-    assert {"bad_json", "oversized", "missing_field"} <= set(reasons), reasons
+    assert {"bad_json", "oversized", "missing_field", "unknown_signal"} <= set(reasons), reasons
     assert worker.alive()
 
 
