@@ -10,6 +10,7 @@ is retried with backoff while consumption waits (backpressure).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -346,13 +347,17 @@ async def ensure_topics(settings: Settings, extra: Sequence[str] = ()) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        configs = {"retention.ms": str(settings.topic_retention_ms)}
         wanted = [
-            NewTopic(t, settings.partitions, settings.replication_factor)
-            for t in (*settings.ingest_topics, settings.topic_dlq, *extra)
+            NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=configs)
+            for t in dict.fromkeys((*settings.ingest_topics, settings.topic_dlq, *extra))
             if t not in existing
         ]
         if wanted:
-            await admin.create_topics(wanted)
+            from aiokafka.errors import TopicAlreadyExistsError
+
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
+                await admin.create_topics(wanted)
             log.info("created topics %s", ", ".join(t.name for t in wanted))
     finally:
         await admin.close()

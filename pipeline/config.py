@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     topic_prefix_route: str = "route."
     partitions: int = Field(6, ge=1, description="Partition count of the ingest topics (ceiling on worker parallelism).")
     replication_factor: int = Field(1, ge=1)
+    topic_retention_ms: int = Field(
+        -1, ge=-1,
+        description="retention.ms of topics the worker creates. Replays carry their recorded (past) "
+        "timestamps, which time-based retention deletes on arrival; -1 keeps by size only.")
 
     # --- Worker ------------------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, description="Records per take() batch.")

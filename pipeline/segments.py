@@ -59,6 +59,7 @@ class Segment:
     frames_in: int = 0
     frames_dead: int = 0
     readings_in: int = 0
+    dead_offsets: list[int] = field(default_factory=list)  # frames dead-lettered before cleaning
     dead_letters: dict[str, int] = field(default_factory=dict)
     routed: dict[str, int] = field(default_factory=dict)
     pending: list[Any] = field(default_factory=list)  # adapter's un-acked events
@@ -111,7 +112,7 @@ def split_batch(result: BatchResult) -> dict[tuple[str, int], dict[str, Any]]:
             "events": result.events.take(event_seg == s) if len(result.events) else result.events,
             "routed": {r: int((rs == s).sum()) for r, rs in routed_seg.items()},
             "dead_letters": dead,
-            "frames_dead_records": len({i for i in idx.tolist() if i in dead_by_record and not frames_ok[i]}),
+            "dead_offsets": [records[i].offset for i in idx.tolist() if not frames_ok[i]],
         }
     return out
 
@@ -127,6 +128,7 @@ def add_to_segment(seg: Segment, part: dict[str, Any], all_records: list[RawReco
     seg.records.extend(recs)
     seg.frames_in += len(recs)
     seg.frames_dead += len(recs) - part["frames_ok"]
+    seg.dead_offsets.extend(part["dead_offsets"])
     seg.readings_in += part["readings_in"]
     for name, n in part["reason_counts"].items():
         seg.add_count(name, n)
@@ -205,6 +207,7 @@ def segment_objects(seg: Segment) -> list[PutObject]:
         "frames_in": seg.frames_in,
         "frames_ok": seg.frames_in - seg.frames_dead,
         "frames_dead_lettered": seg.frames_dead,
+        "dead_lettered_offsets": seg.dead_offsets,
         "readings_in": seg.readings_in,
         **{f"readings_{k}": v for k, v in totals.items()},
         "counts": seg.counts,

@@ -511,7 +511,10 @@ auto.create.topics.enable=true
 # A 2-core machine: few threads, and data kept a day at most.
 num.network.threads=2
 num.io.threads=4
-log.retention.hours=24
+# Replays carry their recorded (past) timestamps: time-based retention would delete them
+# on arrival, so the local broker keeps data by size only.
+log.retention.ms=-1
+log.retention.bytes=1073741824
 log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 """

@@ -144,8 +144,14 @@ class ObjectStoreSink:
         self.on_retry = on_retry
 
     def ensure_bucket(self) -> None:
+        from minio.error import S3Error
+
         if not self.client.bucket_exists(self.bucket):
-            self.client.make_bucket(self.bucket)
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:  # replicas starting together race to create it
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     def _put(self, obj: PutObject) -> None:
         self.client.put_object(
