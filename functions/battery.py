@@ -46,10 +46,10 @@ def battery_alerts(batch: HandlerInput, ctx: HandlerContext) -> None:
         idx, vehicle = alerts
         if key == "soc":
             lat, lon = batch.location(vehicle, series.t[idx])
-            ctx.emit("fleet.battery.low_soc", time=series.t[idx], origin=series.record[idx], vehicle=vehicle,
+            ctx.emit("fleet.battery.low_soc", time=series.t[idx], origin=series.record_at(idx), vehicle=vehicle,
                      data={"soc_pct": np.round(series.v[idx], 2), "location.lat": lat, "location.lon": lon})
         else:
-            ctx.emit("fleet.battery.low_12v", time=series.t[idx], origin=series.record[idx], vehicle=vehicle,
+            ctx.emit("fleet.battery.low_12v", time=series.t[idx], origin=series.record_at(idx), vehicle=vehicle,
                      data={"voltage_v": np.round(series.v[idx], 3)})
     ctx.save_states({v: st for v, st in new_state.items() if st != stored.get(v)})
 

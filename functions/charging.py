@@ -52,7 +52,8 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
     max_kw = np.full(len(runs), np.nan)
     p = batch.signal(POWER)
     if len(p):
-        lo, hi = ops.range_bounds(p.vehicle, p.t, runs.vehicle, runs.start_t, runs.end_t)
+        lo, hi = ops.range_bounds(p.vehicle, p.t, runs.vehicle, runs.start_t, runs.end_t, space=batch.space,
+                                  skeys=batch.keys(POWER))
         max_kw = ops.range_reduce(p.v / 1000.0, lo, hi, "max")
     session = np.array([f"{v}-{t}" for v, t in zip(vin.tolist(), runs.start_t.tolist(), strict=True)], dtype=object)
     for i in np.flatnonzero(runs.carried).tolist():
@@ -63,7 +64,7 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
         if np.isnan(soc_end[i]):
             soc_end[i] = _f(st.get("soc_last"))
     has = runs.first >= 0
-    start_origin = np.where(has, s.record[np.maximum(runs.first, 0)], -1)
+    start_origin = np.where(has, s.record_at(np.maximum(runs.first, 0)), -1)
     start_origin[~has] = batch.first_record(runs.vehicle[~has])
     if new.any():
         kind = np.where(np.isnan(max_kw), "unknown", np.where(max_kw > float(cfg["dc_threshold_kw"]), "dc", "ac"))
@@ -73,7 +74,7 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
                        "location.lon": lon[new], "charger_kind": kind[new].astype(object)})
     done = ~runs.open
     if done.any():
-        end_origin = np.where(runs.last >= 0, s.record[np.maximum(runs.last, 0)], start_origin)
+        end_origin = np.where(runs.last >= 0, s.record_at(np.maximum(runs.last, 0)), start_origin)
         energy = np.clip(soc_end - soc_start, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
         ctx.emit("fleet.charging.ended", time=runs.end_t[done], origin=end_origin[done],
                  vehicle=runs.vehicle[done],

@@ -42,7 +42,7 @@ def charging_demand(batch: HandlerInput, ctx: HandlerContext) -> None:
     if not len(s):
         return
     last = np.flatnonzero(ops.last_of_group(s.vehicle))
-    vehicle, t, charging_now, record = s.vehicle[last], s.t[last], s.v[last] >= 0.5, s.record[last]
+    vehicle, t, charging_now, record = s.vehicle[last], s.t[last], s.v[last] >= 0.5, s.record_at(last)
     # vehicles not charging matter only if they were (their contribution must go)
     was = ctx.states(vehicle[~charging_now])
     keep = charging_now | np.isin(vehicle, np.fromiter(was, dtype=np.int64, count=len(was)))

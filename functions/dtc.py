@@ -34,7 +34,7 @@ def dtc(batch: HandlerInput, ctx: HandlerContext) -> None:
     prev[first] = initial
     for kind, mask in (("appeared", count > prev), ("cleared", count < prev)):
         if mask.any():
-            ctx.emit(f"fleet.dtc.{kind}", time=s.t[mask], origin=s.record[mask], vehicle=s.vehicle[mask],
+            ctx.emit(f"fleet.dtc.{kind}", time=s.t[mask], origin=s.record_at(mask), vehicle=s.vehicle[mask],
                      data={"dtc_count": count[mask], "previous_count": prev[mask]})
     last = ops.last_of_group(s.vehicle)
     changed = count[last] != initial

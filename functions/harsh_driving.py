@@ -84,7 +84,7 @@ def _origin(batch: HandlerInput, series: SignalSeries, runs: ops.Runs) -> np.nda
     """Record of the run's first sample here, or the vehicle's first record for runs that
     only close something opened by an earlier batch."""
     has = runs.first >= 0
-    origin = np.where(has, series.record[np.maximum(runs.first, 0)] if len(series) else -1, -1)
+    origin = np.where(has, series.record_at(np.maximum(runs.first, 0)) if len(series) else -1, -1)
     if (~has).any():
         origin[~has] = batch.first_record(runs.vehicle[~has])
     return origin

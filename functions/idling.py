@@ -58,7 +58,7 @@ def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
         lat[i], lon[i] = _f(kept.get("lat")), _f(kept.get("lon"))
     done = ~runs.open & (runs.duration_ms >= int(cfg["min_duration_s"]) * 1000)
     if done.any():
-        origin = np.where(has, s.record[np.maximum(runs.first, 0)], -1) if len(runs) else runs.first
+        origin = np.where(has, s.record_at(np.maximum(runs.first, 0)), -1) if len(runs) else runs.first
         origin[~has] = batch.first_record(runs.vehicle[~has])
         ctx.emit("fleet.driving.idling", time=runs.start_t[done], origin=origin[done],
                  vehicle=runs.vehicle[done],

@@ -61,7 +61,7 @@ def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
         run_limit[i], run_lat[i], run_lon[i] = (_f(st.get(k)) for k in ("limit", "lat", "lon"))
     done = ~runs.open & (runs.duration_ms >= int(cfg["min_duration_ms"]))
     if done.any():
-        origin = np.where(has, s.record[first], -1)
+        origin = np.where(has, s.record_at(first), -1)
         origin[~has] = batch.first_record(runs.vehicle[~has])
         ctx.emit("fleet.driving.speeding", time=runs.start_t[done], origin=origin[done],
                  vehicle=runs.vehicle[done],

@@ -73,7 +73,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     piece_start = np.concatenate([np.array([int(stored[v]["start_t"]) for v in cv.tolist()], np.int64),
                                   s.t[b_rows]])
     piece_new = np.concatenate([np.zeros(cv.shape[0], bool), np.ones(b_rows.shape[0], bool)])
-    piece_start_rec = np.concatenate([np.full(cv.shape[0], -1, np.int64), s.record[b_rows]])
+    piece_start_rec = np.concatenate([np.full(cv.shape[0], -1, np.int64), s.record_at(b_rows)])
     piece_prev_end = np.concatenate([np.full(cv.shape[0], ops.NO_TIME, np.int64), prev_t[boundary]])
     order = np.lexsort((piece_start, piece_v))
     piece_v, piece_start, piece_new = piece_v[order], piece_start[order], piece_new[order]
@@ -93,7 +93,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     last_t_of = np.full(n_vins, ops.NO_TIME, np.int64)
     last_t_of[s.vehicle[s_last]] = s.t[s_last]
     last_rec_of = np.full(n_vins, -1, np.int64)
-    last_rec_of[s.vehicle[s_last]] = s.record[s_last]
+    last_rec_of[s.vehicle[s_last]] = s.record_at(s_last)
     last_moving_of = carried_last.copy()
     if mt.shape[0]:
         lm = ops.last_of_group(mv)
@@ -157,7 +157,8 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         fields = (*COUNTERS, "max_speed", "last_lat", "last_lon", "start_lat", "start_lon", "start_odo",
                   "start_soc", "start_fuel")
         pick = operator.itemgetter(*fields)
-        table = np.array([pick(st) if all(f in st for f in fields) else tuple(st.get(f) for f in fields)
+        need = set(fields)
+        table = np.array([pick(st) if need <= st.keys() else tuple(st.get(f) for f in fields)
                           for st in sts], dtype=np.float64).reshape(len(sts), len(fields))  # None -> NaN
         column = {f: table[:, i] for i, f in enumerate(fields)}
 
@@ -165,8 +166,9 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             return column[key]
 
         trip_id[carried_rows] = [st["trip_id"] for st in sts]
-        for k in COUNTERS:
-            acc[k][carried_rows] += np.nan_to_num(col(k))
+        counters = np.nan_to_num(table[:, :len(COUNTERS)])
+        for i, k in enumerate(COUNTERS):
+            acc[k][carried_rows] += counters[:, i]
         max_speed[carried_rows] = np.fmax(max_speed[carried_rows], col("max_speed"))
         if p is not None:
             ff = first_fix[carried_rows]

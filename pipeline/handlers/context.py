@@ -6,10 +6,9 @@ pairing GPS fixes or finding a vehicle's records is done once, not once per hand
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,21 +34,36 @@ class SignalSeries:
     `record` (index into the batch's records, for event origins) is computed on first use.
     """
 
-    __slots__ = ("vehicle", "t", "v", "_record", "_record_fn")
+    __slots__ = ("vehicle", "t", "v", "_record", "_record_fn", "_rows", "_record_of")
 
     def __init__(self, vehicle: IntArray, t: IntArray, v: FloatArray, record: IntArray | None = None,
-                 record_fn: Callable[[], IntArray] | None = None) -> None:
+                 record_fn: Callable[[], IntArray] | None = None, *, rows: IntArray | None = None,
+                 record_of: Callable[[IntArray], IntArray] | None = None) -> None:
         self.vehicle = vehicle  # index into HandlerInput.vins
         self.t = t  # epoch ms
         self.v = v  # canonical unit
         self._record = record
         self._record_fn = record_fn
+        self._rows = rows  # batch rows of this series, with record_of: records looked up on demand
+        self._record_of = record_of
 
     @property
     def record(self) -> IntArray:
         if self._record is None:
-            self._record = self._record_fn() if self._record_fn is not None else np.empty(0, np.int64)
+            if self._record_of is not None and self._rows is not None:
+                self._record = self._record_of(self._rows)
+            else:
+                self._record = self._record_fn() if self._record_fn is not None else np.empty(0, np.int64)
         return self._record
+
+    def record_at(self, index: npt.ArrayLike) -> IntArray:
+        """`record[index]`, looking up only those rows (events need the records of a few)."""
+        idx = np.asarray(index)
+        if idx.dtype.kind not in "bi":
+            idx = idx.astype(np.int64)
+        if self._record is None and self._record_of is not None and self._rows is not None:
+            return self._record_of(self._rows[idx])
+        return self.record[idx]
 
     def __iter__(self) -> Any:
         return iter((self.vehicle, self.t, self.v))
@@ -80,8 +94,9 @@ class Positions:
 class BatchView:
     """Per-batch caches over the clean readings, shared by every handler of the batch."""
 
-    def __init__(self, clean: Readings, records: Sequence[RawRecord]) -> None:
+    def __init__(self, clean: Readings, records: Sequence[RawRecord], wanted: Iterable[str] = ()) -> None:
         self.clean = clean
+        self._wanted = frozenset(wanted)  # signals selected together on first use
         self.records = list(records)
         self.vins = list(clean.vins)
         self.vin_index = {v: i for i, v in enumerate(self.vins)}
@@ -95,6 +110,7 @@ class BatchView:
         self._positions: Positions | None = None
         self._first_record: IntArray | None = None
         self._vins_arr: npt.NDArray[np.object_] | None = None
+        self._vehicles: dict[str, IntArray] = {}
 
     @property
     def vins_array(self) -> npt.NDArray[np.object_]:
@@ -147,11 +163,17 @@ class BatchView:
 
     def vehicles_of(self, name: str) -> IntArray:
         """Sorted distinct vehicle indexes that have readings of a signal in this batch."""
-        sid = self._sid.get(name, -1)
-        if sid < 0 or not len(self.clean):
-            return np.empty(0, np.int64)
-        starts, _, bsig = self.blocks()
-        return np.unique(self.clean.vehicle[starts[bsig == sid]].astype(np.int64))
+        out = self._vehicles.get(name)
+        if out is None:
+            sid = self._sid.get(name, -1)
+            if sid < 0 or not len(self.clean):
+                out = np.empty(0, np.int64)
+            else:
+                starts, _, bsig = self.blocks()
+                # blocks are in (vehicle, signal) order: one block per vehicle, ascending
+                out = self.clean.vehicle[starts[bsig == sid]].astype(np.int64)
+            self._vehicles[name] = out
+        return out
 
     def blocks(self) -> tuple[IntArray, IntArray, IntArray]:
         """(start, end, signal) of every (vehicle, signal) block.
@@ -167,7 +189,8 @@ class BatchView:
             new_block = (v[1:] != v[:-1]) | (sig[1:] != sig[:-1])
             change = np.flatnonzero(new_block) + 1
             starts = np.concatenate([[0], change]).astype(np.int64)
-            ordered = not ((np.diff(t) < 0) & ~new_block).any()
+            # time may only fall where a new block starts
+            ordered = bool(new_block[np.flatnonzero(np.diff(t) < 0)].all())
             if ordered and starts.shape[0] > 1:
                 bv, bs = v[starts], sig[starts]
                 dv = np.diff(bv)
@@ -183,6 +206,9 @@ class BatchView:
     def rows(self, name: str) -> IntArray:
         """Row indexes of one signal in (vehicle, t) order."""
         rows = self._rows.get(name)
+        if rows is None and name in self._wanted:
+            self._select_wanted()
+            rows = self._rows.get(name)
         if rows is None:
             sid = self._sid.get(name, -1)
             if sid < 0 or not len(self.clean):
@@ -202,8 +228,57 @@ class BatchView:
             self._rows[name] = rows
         return rows
 
+    def _select_wanted(self) -> None:
+        """Rows and series of every wanted signal in one pass: one gather of the batch's
+        columns for all of them, each signal's arrays a slice of it."""
+        names = [n for n in self._wanted if n not in self._rows or n not in self._series]
+        self._wanted = frozenset()
+        sids = {self._sid[n]: n for n in names if n in self._sid}
+        for n in names:
+            if n not in self._sid:
+                self._rows.setdefault(n, np.empty(0, np.int64))
+                self._series.setdefault(n, SignalSeries.empty())
+        if not sids:
+            return
+        if not len(self.clean):
+            for n in sids.values():
+                self._rows.setdefault(n, np.empty(0, np.int64))
+                self._series.setdefault(n, SignalSeries.empty())
+            return
+        starts, ends, bsig = self.blocks()
+        c = self.clean  # after blocks(), which may have put it in order
+        lut = np.zeros(max(len(self._sid), int(bsig.max()) + 1), dtype=bool)
+        lut[list(sids)] = True
+        sel = np.flatnonzero(lut[bsig])
+        # blocks of one signal keep their (vehicle) order; signals follow one another
+        sel = sel[np.argsort(bsig[sel], kind="stable")]
+        bstart, lengths = starts[sel], ends[sel] - starts[sel]
+        total = int(lengths.sum())
+        rows_all = np.ones(total, dtype=np.int64)
+        if total:
+            pos = np.cumsum(lengths)[:-1]
+            rows_all[0] = bstart[0]
+            rows_all[pos] = bstart[1:] - (bstart[:-1] + lengths[:-1] - 1)
+            rows_all = np.cumsum(rows_all)
+        vehicle_all = np.repeat(c.vehicle[bstart].astype(np.int64), lengths)
+        t_all, v_all = c.t[rows_all], c.value[rows_all]
+        per_sig = np.bincount(bsig[sel], weights=lengths, minlength=lut.shape[0]).astype(np.int64)
+        offset = 0
+        for sid in sorted(sids):
+            name, k = sids[sid], int(per_sig[sid])
+            part = slice(offset, offset + k)
+            offset += k
+            rows = rows_all[part]
+            self._rows[name] = rows
+            self._series[name] = (SignalSeries(vehicle_all[part], t_all[part], v_all[part], rows=rows,
+                                               record_of=self._record_of)
+                                  if k else SignalSeries.empty())
+
     def series(self, name: str) -> SignalSeries:
         s = self._series.get(name)
+        if s is None and name in self._wanted:
+            self._select_wanted()
+            s = self._series.get(name)
         if s is None:
             rows = self.rows(name)
             if not rows.shape[0]:
@@ -213,8 +288,7 @@ class BatchView:
                 starts, ends, bsig = self.blocks()
                 sel = np.flatnonzero(bsig == self._sid[name])
                 vehicle = np.repeat(c.vehicle[starts[sel]].astype(np.int64), ends[sel] - starts[sel])
-                s = SignalSeries(vehicle, c.t[rows], c.value[rows],
-                                 record_fn=functools.partial(self._record_of, rows))
+                s = SignalSeries(vehicle, c.t[rows], c.value[rows], rows=rows, record_of=self._record_of)
             self._series[name] = s
         return s
 
@@ -307,7 +381,12 @@ class HandlerInput:
         parts = [self._view.vehicles_of(n) for n in names]
         if len(parts) == 1:
             return parts[0]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        if not parts:
+            return np.empty(0, np.int64)
+        seen = np.zeros(len(self._view.vins), dtype=bool)
+        for p in parts:
+            seen[p] = True
+        return np.flatnonzero(seen)
 
     def signal(self, name: str) -> SignalSeries:
         """(vehicle, t, v) of one consumed signal, sorted by (vehicle, t); empty if absent."""
@@ -417,11 +496,26 @@ class HandlerContext:
 
         Pass `batch.vehicles(...)` (already distinct) rather than a per-reading column."""
         v = np.asarray(vehicles, dtype=np.int64)
+        if not v.shape[0]:
+            return {}
         if v.shape[0] > 1 and not (np.diff(v) > 0).all():
             v = np.flatnonzero(np.bincount(v, minlength=len(self._view.vins)))
-        vs = v.tolist()
-        got = self.state.get_many([self._view.vins[v] for v in vs])
-        return {v: s for v, s in zip(vs, got, strict=True) if s is not None}
+        sv = self.state
+        n_known = sv.count_hint()
+        if not n_known:
+            return {}
+        vins = self._view.vins
+        if n_known < v.shape[0]:
+            # few vehicles have state: look up only those among the ones asked for
+            wanted = np.zeros(len(vins), dtype=bool)
+            wanted[v] = True
+            index = self._view.vin_index
+            hits = {i for vin in sv.known_vins() if (i := index.get(vin)) is not None and wanted[i]}
+            vs = sorted(hits)
+        else:
+            vs = v.tolist()
+        got = sv.get_many([vins[i] for i in vs])
+        return {i: s for i, s in zip(vs, got, strict=True) if s is not None}
 
     def save_states(self, updates: Mapping[int, Mapping[str, Any] | None]) -> None:
         """Write state by vehicle index; None or an empty dict deletes it."""

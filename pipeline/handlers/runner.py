@@ -137,16 +137,12 @@ def assign_ids(events: EventBatch, records: Sequence[RawRecord], handler: str) -
     if not n:
         return
     ids = events.attrs["id"]
-    origin = events.origin
-    order = np.argsort(origin, kind="stable")
-    so = origin[order]
-    starts = np.flatnonzero(np.r_[True, so[1:] != so[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    ordinal = np.empty(n, dtype=np.int64)
-    ordinal[order] = np.arange(n) - group_start
     new_ids = ids.copy()
-    for i, (o, k) in enumerate(zip(origin.tolist(), ordinal.tolist(), strict=True)):
-        if not ids[i]:
+    seen: dict[int, int] = {}  # record -> events of it so far (emission order)
+    for i, (o, has_id) in enumerate(zip(events.origin.tolist(), ids.tolist(), strict=True)):
+        k = seen.get(o, 0)
+        seen[o] = k + 1
+        if not has_id:
             r = records[o]
             new_ids[i] = deterministic_id(r.topic, r.partition, r.offset, handler, k)
     events.attrs["id"] = new_ids
@@ -208,7 +204,7 @@ class HandlerRunner:
         specs = [s for s in self.registry.ordered() if self.config.enabled(s.name)]
         if not specs:
             return HandlerRunResult(EventBatch.empty(), [], {})
-        view = BatchView(clean, records)
+        view = BatchView(clean, records, wanted={n for s in specs for n in s.all_signals()})
         base = [events_in] if events_in is not None and len(events_in) else []
         with self._lock:
             for name in [n for n, ev in self._stuck.items() if ev.is_set()]:
@@ -373,6 +369,9 @@ def _events_for(spec: HandlerSpec, outputs: list[EventBatch]) -> EventBatch | No
     """The events of this batch so far that the handler consumes."""
     if not spec.events or not outputs:
         return None
+    wanted = np.asarray(spec.events, dtype=object)
+    if not any(len(b) and np.isin(b.attrs["type"], wanted).any() for b in outputs):
+        return None  # nothing it consumes so far: skip joining the outputs
     so_far = EventBatch.concat(outputs)
     if not len(so_far):
         return None
@@ -397,7 +396,7 @@ def _invoke(spec: HandlerSpec, inp: HandlerInput, ctx: HandlerContext) -> EventB
 def _check_output(out: EventBatch, spec: HandlerSpec, n_records: int) -> None:
     if not len(out):
         return
-    types = set(np.unique(out.attrs["type"].astype(str)).tolist())
+    types = {str(t) for t in set(out.attrs["type"].tolist())}
     undeclared = types - set(spec.emits)
     if undeclared:
         raise HandlerError(f"emitted undeclared event type(s): {', '.join(sorted(undeclared))}")

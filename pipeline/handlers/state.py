@@ -65,6 +65,26 @@ class StateStore:
         get = self._data.get(handler, {}).get
         return [get(v) for v in vins]
 
+    def vins(self, handler: str) -> Iterable[str]:
+        """Vehicles (or cells) with stored state of one handler (a live view; do not modify)."""
+        return self._data.get(handler, {}).keys()
+
+    def count(self, handler: str) -> int:
+        return len(self._data.get(handler, ()))
+
+    def put_plain_many(self, handler: str, values: Mapping[str, dict[str, Any] | None]) -> None:
+        """`put_plain` for many vehicles of one handler (values already normalised)."""
+        data = self._data.setdefault(handler, {})
+        dirty = self._dirty
+        prefix = handler + "/"
+        for vin, value in values.items():
+            if value is None:
+                if data.pop(vin, None) is not None:
+                    dirty[prefix + vin] = None
+            else:
+                data[vin] = value
+                dirty[prefix + vin] = value
+
     def put(self, handler: str, vin: str, value: Mapping[str, Any] | None) -> None:
         """Store (or with None delete) one vehicle's state; bounded by `max_bytes`."""
         if value is None:
@@ -186,9 +206,23 @@ class StateView:
     def pending(self) -> int:
         return len(self._writes)
 
+    def known_vins(self) -> list[str]:
+        """Vehicles with stored or pending state (may repeat)."""
+        return [*self._store.vins(self.handler), *self._writes]
+
+    def count_hint(self) -> int:
+        """At most how many vehicles have state (stored plus pending writes)."""
+        return self._store.count(self.handler) + len(self._writes)
+
     def commit(self) -> None:
-        for vin, value in self._writes.items():
-            self._store.put_plain(state_key(self.handler, vin), None if value is _DELETED else value)
+        if not self._writes:
+            return
+        if type(self._store).put_plain is StateStore.put_plain:
+            self._store.put_plain_many(self.handler, {vin: None if value is _DELETED else value
+                                                      for vin, value in self._writes.items()})
+        else:  # a store that persists through put_plain sees every key
+            for vin, value in self._writes.items():
+                self._store.put_plain(state_key(self.handler, vin), None if value is _DELETED else value)
         self._writes = {}
 
     def discard(self) -> None:

@@ -49,3 +49,65 @@ def test_first_record_and_vehicles_of() -> None:
     assert view.first_record().tolist() == [0, 1]
     assert view.vehicles_of("Vehicle.Speed").tolist() == [0]
     assert view.vehicles_of("Vehicle.Nope").tolist() == []
+
+
+NAMES = ("Vehicle.Speed", "Vehicle.TraveledDistance", "Vehicle.CurrentLocation.Latitude")
+
+
+def test_wanted_signals_selected_together_match_one_by_one_selection() -> None:
+    for seed in range(20):
+        readings = random_readings(seed)
+        shuffled = readings.take(np.random.default_rng(seed).permutation(len(readings)))
+        for r in (readings, shuffled):
+            alone = BatchView(r, [])
+            together = BatchView(r, [], wanted=(*NAMES, "Vehicle.Nope"))
+            for name in (*NAMES, "Vehicle.Nope"):
+                a, b = alone.series(name), together.series(name)
+                assert together.rows(name).tolist() == alone.rows(name).tolist()
+                for x, y in ((a.vehicle, b.vehicle), (a.t, b.t), (a.v, b.v), (a.record, b.record)):
+                    assert x.tolist() == y.tolist()
+                assert together.vehicles_of(name).tolist() == np.unique(a.vehicle).tolist()
+
+
+def test_record_at_looks_up_the_same_records_as_record() -> None:
+    readings = random_readings(3)
+    view = BatchView(readings, [], wanted=NAMES)
+    s = view.series("Vehicle.Speed")
+    idx = np.arange(len(s))[::2]
+    mask = np.zeros(len(s), dtype=bool)
+    mask[1::3] = True
+    by_index, by_mask = s.record_at(idx), s.record_at(mask)
+    assert by_index.tolist() == s.record[idx].tolist()
+    assert by_mask.tolist() == s.record[mask].tolist()
+    assert s.record_at(np.empty(0, np.int64)).tolist() == []
+
+
+def test_states_returns_the_same_whether_few_or_many_vehicles_have_state() -> None:
+    from pipeline.handlers import handler
+    from pipeline.handlers.context import HandlerContext
+    from pipeline.handlers.registry import spec_of
+    from pipeline.handlers.state import StateStore, StateView
+
+    @handler(name="probe", consumes=["Vehicle.Speed"], emits=["fleet.test.probe"], state=True)
+    def probe(batch: object, ctx: object) -> None:
+        """Reads state only."""
+
+    spec = spec_of(probe)
+    assert spec is not None
+    data = {vin: {"Vehicle.Speed": ([1, 2], [1.0, 2.0])} for vin in "ABCDEFGH"}
+    readings, records = make_readings(data)
+    view = BatchView(readings, records)
+    vins = view.vins
+    for stored in ([], ["C"], ["A", "H"], list("ABCDEFGH")):
+        store = StateStore()
+        store.load([(f"probe/{v}", {"v": v}) for v in [*stored, "ZZ"]])  # ZZ: not in this batch
+        sv = StateView(store, "probe")
+        sv.put("D", {"v": "pending"})
+        ctx = HandlerContext(spec, view, config={}, state=sv)
+        for asked in (np.arange(len(vins)), np.array([2, 3]), np.array([7, 3, 3, 0]), np.empty(0, np.int64)):
+            want = sorted(set(asked.tolist()))
+            expect = {i: ({"v": "pending"} if vins[i] == "D" else {"v": vins[i]}) for i in want
+                      if vins[i] == "D" or vins[i] in stored}
+            got = ctx.states(asked)
+            assert got == expect
+            assert list(got) == sorted(got)

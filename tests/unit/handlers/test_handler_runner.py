@@ -182,3 +182,19 @@ def test_a_handler_can_be_disabled_in_config(enabled: bool) -> None:
     out = h.run(BATCH)
     h.close()
     assert (len(out.events) > 0) is enabled
+
+
+def test_assign_ids_counts_events_per_record_in_emission_order_and_keeps_given_ids() -> None:
+    from pipeline.batch import EventBatch, RawRecord
+    from pipeline.handlers.runner import assign_ids
+
+    records = [RawRecord("t", 0, off, b"A", b"", [], 0) for off in range(3)]
+    origin = [2, 0, 2, 2, 0, 1]
+    ids = ["", "", "given", "", "", ""]
+    events = EventBatch.build(type="fleet.test.fast", source="/h", vin=np.full(6, "A", dtype=object),
+                              time=np.arange(6, dtype=np.int64), origin=np.array(origin, np.int64),
+                              ids=np.array(ids, dtype=object), data={}, present={})
+    assign_ids(events, records, "h")
+    ordinal = [0, 0, 1, 2, 1, 0]  # per record, counting the event that kept its id
+    want = [ids[i] or deterministic_id("t", 0, o, "h", ordinal[i]) for i, o in enumerate(origin)]
+    assert events.attrs["id"].tolist() == want

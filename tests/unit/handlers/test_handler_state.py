@@ -63,3 +63,23 @@ def test_view_get_many_returns_copies() -> None:
     assert got == [{"n": 1}, None]
     got[0]["n"] = 99  # type: ignore[index]
     assert store.get("h", "V1") == {"n": 1}
+
+
+def test_commit_of_many_writes_matches_one_by_one_puts() -> None:
+    batched, single = StateStore(), StateStore()
+    for store in (batched, single):
+        store.load([("h/A", {"n": 1}), ("h/B", {"n": 2})])
+    view = StateView(batched, "h")
+    view.put_many({"A": {"n": 10}, "C": {"n": 3}})
+    view.delete("B")
+    view.delete("Z")  # never stored: not reported as deleted
+    assert view.count_hint() == 2 + 4
+    assert sorted(set(view.known_vins())) == ["A", "B", "C", "Z"]
+    view.commit()
+    single.put("h", "A", {"n": 10})
+    single.put("h", "C", {"n": 3})
+    single.delete("h", "B")
+    single.delete("h", "Z")
+    assert batched.dirty() == single.dirty() == {"h/A": {"n": 10}, "h/C": {"n": 3}, "h/B": None}
+    assert sorted(batched.keys()) == sorted(single.keys()) == ["h/A", "h/C"]
+    assert batched.count("h") == 2
