@@ -418,6 +418,19 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, Worker]:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         worker.forget(revoked)
 
+    @app.timer(10.0)
+    async def export_lag() -> None:
+        """Consumer lag per ingest partition as a gauge (the autoscaler reads the same numbers)."""
+        from pipeline.lag import read_group_lag
+
+        try:
+            lag = await read_group_lag(settings.app_id, list(settings.ingest_topics), settings)
+        except Exception as exc:  # a metrics refresh must never disturb processing
+            log.debug("lag refresh failed: %s", exc)
+            return
+        for p in lag.by_partition:
+            metrics.CONSUMER_LAG.labels(p.topic, str(p.partition)).set(p.lag)
+
     app.pipeline_worker = worker  # type: ignore[attr-defined]
     return app, worker
 
