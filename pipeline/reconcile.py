@@ -115,6 +115,10 @@ def check_partition(report: PartitionReport, manifests: Iterable[dict[str, Any]]
                     dlq_offsets: set[int]) -> PartitionReport:
     """Coverage from log start to committed, balance per manifest, dead letters present."""
     committed = report.committed if report.committed is not None else report.log_start
+    if report.committed is not None and report.committed < report.log_start:
+        report.problems.append(
+            f"offsets {report.committed}..{report.log_start - 1} were deleted by the broker's retention "
+            "before the group committed them (check retention.ms of the topic)")
     cursor = report.log_start
     seen_ranges: set[tuple[int, int]] = set()
     expected_dead: set[int] = set()

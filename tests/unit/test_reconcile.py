@@ -45,3 +45,9 @@ def test_overlapping_replay_counts_each_dead_frame_once() -> None:
 def test_a_dead_frame_missing_from_the_dlq_is_reported() -> None:
     r = check_partition(report(10), [manifest(0, 9, dead=[3, 4])], {3})
     assert not r.ok and "offsets [4]" in r.problems[0]
+
+
+def test_records_deleted_by_retention_before_commit_are_reported() -> None:
+    r = PartitionReport("t", 0, 50, 20, 60, 50)  # log start 50, committed 20
+    r = check_partition(r, [manifest(50, 59)], set())
+    assert not r.ok and "deleted by the broker's retention" in r.problems[0]
