@@ -235,8 +235,15 @@ class Worker:
             topic_targets = [t for t in result.targets.get(route, []) if getattr(t, "kind", None) == "topic"]
             if not topic_targets or not len(batch):
                 continue
-            for attrs, data in batch.rows():
-                rec = encode_event(attrs, data)
+            rows = batch.rows()
+            for i, (attrs, data) in enumerate(rows):
+                try:
+                    rec = encode_event(attrs, data)
+                except Exception as exc:  # one bad event must not fail the batch
+                    result.dead_letters.append(DeadLetter(
+                        result.records[int(batch.origin[i])], f"route:{route}", "encode_error",
+                        f"{type(exc).__name__}: {exc}"))
+                    continue
                 for target in topic_targets:
                     out.append(OutMessage(target.topic, rec.key, rec.value, rec.headers))
             metrics.EVENTS_ROUTED.labels(route).inc(len(batch))
@@ -389,6 +396,10 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, Worker]:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # Un-acked events are exactly those whose outputs are not durable; on shutdown they are
+        # replayed by the next owner, so there is nothing to wait for (waiting would hang when
+        # a batch failed and its events can never be acked).
+        stream_wait_empty=False,
         # A crashed replica's partitions move after 10 s instead of Kafka's default 45-60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,

@@ -54,6 +54,26 @@ class BatchResult:
         return ok
 
 
+MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01: later (or negative) times are handler bugs
+
+
+def drop_bad_event_times(events: EventBatch, records: list[RawRecord],
+                         dead_letters: list[DeadLetter]) -> EventBatch:
+    """Events whose time cannot be a real time are a handler's bug: dead-letter their input
+    rather than fail the batch when they are encoded at the edge."""
+    if not len(events):
+        return events
+    t = events.attrs["time"]
+    bad = (t < 0) | (t > MAX_EVENT_TIME_MS)
+    if not bad.any():
+        return events
+    for i in np.flatnonzero(bad).tolist():
+        dead_letters.append(DeadLetter(
+            records[int(events.origin[i])], f"handler:{events.attrs['source'][i]}", "bad_event_time",
+            f"{events.attrs['type'][i]} event with time {int(t[i])} (epoch ms) out of range"))
+    return events.take(~bad)
+
+
 def unknown_signal_frames(records: list[RawRecord], decoded: Readings, outcome: np.ndarray,
                           reasons: list[str]) -> list[DeadLetter]:
     """Frames whose every reading is an unknown signal carry nothing usable: dead-letter them
@@ -137,6 +157,7 @@ class Core:
             events = run.events
             dead_letters.extend(run.dead_letters)
             handler_stats = run.stats
+            events = drop_bad_event_times(events, records, dead_letters)
         t3 = time.perf_counter()
         timings["handlers"] = t3 - t2
 

@@ -23,7 +23,8 @@ def object_summary(settings: Settings) -> tuple[Counter[str], dict[str, str], in
     counts: Counter[str] = Counter()
     examples: dict[str, str] = {}
     total_bytes = 0
-    for obj in client.list_objects(settings.s3_bucket, recursive=True):
+    # ListObjects V1 (marker paging): S3Proxy rejects V2 continuation tokens past 1000 keys.
+    for obj in client.list_objects(settings.s3_bucket, recursive=True, use_api_v1=True):
         name = obj.object_name
         top = name.split("/", 1)[0]
         group = top if top != "events" else "/".join(name.split("/")[:2])

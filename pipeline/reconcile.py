@@ -46,7 +46,8 @@ class PartitionReport:
 def load_manifests(client: Any, bucket: str, topic: str) -> dict[int, list[dict[str, Any]]]:
     """All segment manifests of a topic from the store, by partition, sorted by first offset."""
     out: dict[int, list[dict[str, Any]]] = {}
-    for obj in client.list_objects(bucket, prefix=f"{MANIFEST_PREFIX}/{topic}/", recursive=True):
+    # ListObjects V1 (marker paging): S3Proxy rejects V2 continuation tokens past 1000 keys.
+    for obj in client.list_objects(bucket, prefix=f"{MANIFEST_PREFIX}/{topic}/", recursive=True, use_api_v1=True):
         response = client.get_object(bucket, obj.object_name)
         try:
             manifest = orjson.loads(response.read())

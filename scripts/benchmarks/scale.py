@@ -172,7 +172,7 @@ def remove_bucket(name: str) -> None:
     client = get_settings().minio_client()
     if not client.bucket_exists(name):
         return
-    doomed = [DeleteObject(o.object_name) for o in client.list_objects(name, recursive=True)]
+    doomed = [DeleteObject(o.object_name) for o in client.list_objects(name, recursive=True, use_api_v1=True)]
     for error in client.remove_objects(name, doomed):
         print(f"could not delete {name}/{error.name}: {error.message}", file=sys.stderr)
     client.remove_bucket(name)

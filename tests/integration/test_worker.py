@@ -96,7 +96,7 @@ def test_end_to_end_objects_dead_letters_and_reconcile(stack: Stack) -> None:
     assert readings_in >= 6 * 30 * (5 + 50 + 1 + 10)
 
     client = s.minio_client()
-    keys = [o.object_name for o in client.list_objects(s.s3_bucket, recursive=True)]
+    keys = [o.object_name for o in client.list_objects(s.s3_bucket, recursive=True, use_api_v1=True)]
     clean = [k for k in keys if k.startswith("clean/")]
     assert clean and all(k.startswith("clean/year=2026/month=03/date=02/hour=07/") for k in clean), clean[:3]
     stat = client.stat_object(s.s3_bucket, clean[0])
