@@ -293,9 +293,9 @@ class Worker:
         for event in seg.pending:
             await stream.ack(event)
         metrics.SEGMENTS_FLUSHED.inc()
-        if seg.records:
-            newest = max(r.timestamp_ms for r in seg.records)
-            metrics.E2E_LATENCY.observe(max(0.0, time.time() - newest / 1000))
+        if seg.records:  # from the oldest record of the segment: the worst case it contains
+            oldest = min(r.timestamp_ms for r in seg.records)
+            metrics.E2E_LATENCY.observe(max(0.0, time.time() - oldest / 1000))
         log.info("%s[%d] offsets %d..%d flushed: %d frames, %d readings in, %d objects",
                  seg.topic, seg.partition, seg.first, seg.last, seg.frames_in, seg.readings_in, len(objects))
 
