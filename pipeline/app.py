@@ -413,17 +413,28 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, Worker]:
 
     @app.agent(topic, concurrency=1, name="ingest")
     async def ingest(stream: Any) -> None:
+        # Faust fills the take() buffer only while the agent body is not running, so the
+        # body hands the batch to a task and returns: the next batch fills while this one
+        # is processed. At most one batch is in flight, so acks stay in offset order.
+        inflight: asyncio.Task[None] | None = None
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-            try:
-                await worker.handle(stream, events)
-            except Exception:
-                # Outputs of this batch are not durable, so its offsets must not be acked.
-                # Carrying on would leave a hole the commit can never pass: stop instead,
-                # and the restarted worker replays from the last commit.
-                log.critical("batch failed outside the dead-letter path; stopping the worker",
-                             exc_info=True)
-                os.kill(os.getpid(), signal.SIGTERM)
-                raise
+            if inflight is not None:
+                await inflight
+            inflight = asyncio.ensure_future(handle_or_stop(stream, events))
+        if inflight is not None:
+            await inflight
+
+    async def handle_or_stop(stream: Any, events: Sequence[Any]) -> None:
+        try:
+            await worker.handle(stream, events)
+        except Exception:
+            # Outputs of this batch are not durable, so its offsets must not be acked.
+            # Carrying on would leave a hole the commit can never pass: stop instead,
+            # and the restarted worker replays from the last commit.
+            log.critical("batch failed outside the dead-letter path; stopping the worker",
+                         exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
