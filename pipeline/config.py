@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         "timestamps, which time-based retention deletes on arrival; -1 keeps by size only.")
 
     # --- Worker ------------------------------------------------------------------------------
-    batch_size: int = Field(2000, ge=1, description="Records per take() batch (larger batches amortise per-batch costs).")
+    batch_size: int = Field(1000, ge=1, description="Records per take() batch (larger batches amortise per-batch costs).")
     batch_wait_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
     max_frame_bytes: int = Field(1_000_000, ge=1024, description="Frames larger than this are dead-lettered as oversized.")
     metrics_port: int = Field(9100, ge=0, description="Prometheus endpoint port (0 = off).")
