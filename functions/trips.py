@@ -59,6 +59,11 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     carried_last = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
     for v, st in stored.items():
         carried_last[v] = int(st["last_moving_t"])
+    # Late readings from before a vehicle's open trip (a delayed upload) must neither split
+    # nor restart it: only movement after the trip's last known movement counts.
+    newer = mt > carried_last[mv]
+    if not newer.all():
+        mi, mv, mt = mi[newer], mv[newer], mt[newer]
     prev_t = np.empty_like(mt)
     if mt.shape[0]:
         prev_t[1:] = mt[:-1]

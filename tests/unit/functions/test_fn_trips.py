@@ -126,3 +126,20 @@ def test_state_restored_from_the_changelog_continues_the_trip(shipped) -> None:
     [ended] = second.run(batch(50, 500)).events_of("fleet.trip.ended")
     second.close()
     assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)
+
+
+def test_late_readings_from_before_an_open_trip_do_not_break_it(shipped) -> None:
+    # An open trip started at t=10000 s; a late upload then brings readings from t=100..160 s
+    # together with the trip's continuation. Every event time must be a real time, and the
+    # open trip must not be ended or restarted by the late data.
+    h = HandlerHarness(shipped("trips"))
+    t1 = np.arange(10_000, 10_060)
+    h.run({"V1": {SPEED: (t1 * S, np.full(t1.shape[0], 30.0))}})
+    late = np.arange(100, 160)
+    t2 = np.concatenate([late, np.arange(10_060, 10_120)])
+    out = h.run({"V1": {SPEED: (t2 * S, np.full(t2.shape[0], 30.0))}})
+    h.close()
+    times = [e["time"] for e in out.events_of()]
+    assert all(0 <= t < 4_102_444_800_000 for t in times), times
+    assert out.events_of("fleet.trip.started") == []
+    assert h.state.get("trips", "V1")["trip_id"] == "V1-10000000"  # type: ignore[index]
