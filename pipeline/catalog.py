@@ -20,7 +20,7 @@ import numpy.typing as npt
 import yaml
 
 from pipeline.config import REPO_ROOT
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, yaml_config_error
 
 DEFAULT_PATH = REPO_ROOT / "rules" / "signals.yaml"
 
@@ -355,12 +355,8 @@ def parse_catalog(text: str, *, file: str = "<catalog>") -> Catalog:
     loader._file = file  # type: ignore[attr-defined]
     try:
         doc = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise ConfigError(f"invalid YAML: {exc.problem}", file=file,
-                          line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+        raise yaml_config_error(exc, file) from exc
     finally:
         loader.dispose()
     if not isinstance(doc, dict):

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import REPO_ROOT
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, yaml_config_error
 
 DEFAULT_PATH = REPO_ROOT / "rules" / "cleaning.yaml"
 SUPPORTED_VERSIONS = (1,)
@@ -209,12 +209,8 @@ def parse_cleaning_config(text: str, *, file: str = "<cleaning>") -> CleaningCon
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise ConfigError(f"invalid YAML: {exc.problem}", file=file,
-                          line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+        raise yaml_config_error(exc, file) from exc
     lines: dict[tuple[str, ...], int] = {}
     if node is not None:
         _key_lines(node, (), lines)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, yaml_config_error
 from pipeline.handlers import ops
 
 TOP_LEVEL = ("version", "handlers", "zones")
@@ -107,9 +107,7 @@ def load_handler_config(path: Path | None) -> HandlerConfig:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=file,
-                          line=mark.line + 1 if mark else None) from exc
+        raise yaml_config_error(exc, file) from exc
     lines: dict[tuple[str, ...], int] = {}
     if node is not None:
         _lines(node, (), lines)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, yaml_config_error
 from pipeline.rules.patterns import MATCH_ALL, Loc, Node, PatternGroupError, compile_pattern
 from pipeline.rules.policy import check_policy
 from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Route, TopicTarget, WebhookTarget
@@ -101,10 +101,7 @@ class _Document:
         try:
             node = yaml.compose(text, Loader=_SafeLoader)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            problem = getattr(exc, "problem", None) or str(exc)
-            self.errors.append(ConfigError(f"invalid YAML: {problem}", file=file, line=line))
+            self.errors.append(yaml_config_error(exc, file))
             return
         self._constructor = yaml.constructor.SafeConstructor()
         self.data = self._build(node, ()) if node is not None else None
