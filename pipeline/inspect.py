@@ -38,7 +38,7 @@ async def topic_summary(settings: Settings) -> tuple[dict[str, int], Counter[str
     """Message count per route/DLQ topic, DLQ reasons, and one routed event per topic."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from pipeline.reconcile import topic_partitions
+    from pipeline.topics import topic_partitions
 
     consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False,
                                 auto_offset_reset="earliest")

@@ -8,7 +8,6 @@ manifest counts as dead-lettered must be in the dead-letter topic.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import orjson
 
 from pipeline.config import Settings
 from pipeline.segments import MANIFEST_PREFIX
+from pipeline.topics import read_to_end
 
 
 @dataclass(slots=True)
@@ -60,55 +60,15 @@ def load_manifests(client: Any, bucket: str, topic: str) -> dict[int, list[dict[
     return out
 
 
-async def topic_partitions(settings: Settings, topic: str) -> list[int]:
-    """Partition ids of a topic from the cluster metadata ([] if the topic does not exist)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for item in described:
-        if item.get("topic") == topic and not item.get("error_code"):
-            return sorted(int(p["partition"]) for p in item.get("partitions", ()))
-    return []
-
-
 async def read_dead_letter_offsets(settings: Settings, timeout_s: float = 10.0) -> dict[tuple[str, int], set[int]]:
     """Offsets of input records found in the dead-letter topic at the decode stage."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
     found: dict[tuple[str, int], set[int]] = {}
-    try:
-        parts = await topic_partitions(settings, settings.topic_dlq)
-        tps = [TopicPartition(settings.topic_dlq, p) for p in parts]
-        if not tps:
-            return found
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while remaining and loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    h = {k: v for k, v in (m.headers or ())}
-                    if h.get("dlq_stage") == b"decode" or h.get("dlq_stage") == b"core":
-                        key = (h["dlq_topic"].decode(), int(h["dlq_partition"]))
-                        found.setdefault(key, set()).add(int(h["dlq_offset"]))
-                if msgs and msgs[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        if remaining:
-            raise TimeoutError(f"could not read the dead-letter topic to its end within {timeout_s}s")
-    finally:
-        await consumer.stop()
+    async for msgs in read_to_end(settings, settings.topic_dlq, timeout_s=timeout_s):
+        for m in msgs:
+            h = dict(m.headers or ())
+            if h.get("dlq_stage") in (b"decode", b"core"):
+                key = (h["dlq_topic"].decode(), int(h["dlq_partition"]))
+                found.setdefault(key, set()).add(int(h["dlq_offset"]))
     return found
 
 

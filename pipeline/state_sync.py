@@ -12,10 +12,8 @@ it is acknowledged by Kafka before the input offsets are.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import orjson
 
@@ -23,6 +21,7 @@ from pipeline.batch import RawRecord
 from pipeline.config import Settings
 from pipeline.handlers.state import StateStore, split_key
 from pipeline.sinks import OutMessage
+from pipeline.topics import read_to_end
 
 log = logging.getLogger("pipeline.state")
 
@@ -69,39 +68,13 @@ class StateChangelog:
 
     async def restore(self, partitions: Iterable[int], timeout_s: float = 60.0) -> int:
         """Load the changelog of these partitions into the store (before their first batch)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         wanted = sorted(set(partitions) - self.restored)
         if not wanted:
             return 0
-        consumer = AIOKafkaConsumer(**self.settings.kafka_client_kwargs(), enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
-        await consumer.start()
         loaded = 0
-        try:
-            tps = [TopicPartition(self.topic, p) for p in wanted]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            while remaining:
-                if loop.time() > deadline:
-                    raise TimeoutError(f"restoring {self.topic} partitions {wanted} took over {timeout_s}s")
-                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
-                items: list[tuple[str, Any]] = []
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        items.append((m.key.decode(), orjson.loads(m.value) if m.value is not None else None))
-                    if msgs and msgs[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-                loaded += self.store.load(items)
-        finally:
-            await consumer.stop()
+        async for msgs in read_to_end(self.settings, self.topic, wanted, timeout_s):
+            loaded += self.store.load((m.key.decode(), orjson.loads(m.value) if m.value is not None else None)
+                                      for m in msgs)
         self.restored.update(wanted)
         if loaded:
             log.info("handler state: restored %d entries of partitions %s", loaded, wanted)
