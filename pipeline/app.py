@@ -86,7 +86,6 @@ class Worker:
         )
         self.producer: Any = None
         self.topics: TopicSink | None = None
-        self.batches = 0
         self.busy = asyncio.Lock()
         self.webhooks: Any = None
         self.state: Any = None
@@ -178,7 +177,6 @@ class Worker:
             # one batch's records of one partition.
             for key in list(self.segments):
                 await self.flush(stream, key)
-            self.batches += 1
 
     def _failed_batch(self, records: list[RawRecord], exc: Exception) -> BatchResult:
         from pipeline.batch import EventBatch, Readings
@@ -302,17 +300,13 @@ class Worker:
     def forget(self, partitions: Any) -> None:
         """Partitions revoked: drop their open segments. The cleaner's per-vehicle history is
         bounded (least recently seen first out) and rebuilt from new data by the new owner."""
-        self._forget_segments(partitions)
-        if self.state is not None:
-            self.state.drop({tp.partition for tp in partitions})
-
-    def _forget_segments(self, partitions: Any) -> None:
-        """Partitions revoked: drop their open segments (un-acked, the new owner replays them)."""
         for tp in partitions:
             seg = self.segments.pop((tp.topic, tp.partition), None)
             if seg is not None:
                 log.info("%s[%d] revoked: %d un-flushed records will be replayed by the new owner",
                          tp.topic, tp.partition, len(seg))
+        if self.state is not None:
+            self.state.drop({tp.partition for tp in partitions})
 
 
 def route_objects(result: BatchResult) -> list[PutObject]:

@@ -282,17 +282,3 @@ def set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
-
-
-@dataclass(slots=True)
-class CoreResult:
-    """What the pure core returns for one batch of records (see DESIGN: data flow)."""
-
-    records: list[RawRecord]
-    readings_in: int
-    clean: Readings
-    events: EventBatch
-    routed: dict[str, EventBatch]  # route name -> transformed events for that route
-    dead_letters: list[DeadLetter]
-    counts: dict[str, int]  # readings by outcome/reason: kept, repaired, dropped.<reason>
-    frames_ok: int = 0

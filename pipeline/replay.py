@@ -153,7 +153,7 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     last_report = 0.0
     await producer.start()
     try:
-        async for record, readings in _aiter(items):
+        async for record, readings in as_async(items):
             wait = pacer.delay(record.timestamp_ms, readings)
             if wait > 0.002:
                 await asyncio.sleep(wait)
@@ -182,7 +182,8 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     return stats
 
 
-async def _aiter(items: Iterable[Item] | AsyncIterator[Item]) -> AsyncIterator[Item]:
+async def as_async(items: Iterable[Item] | AsyncIterator[Item]) -> AsyncIterator[Item]:
+    """Iterate sync or async sources alike, yielding to the loop now and then on long sync ones."""
     if hasattr(items, "__aiter__"):
         async for item in items:  # type: ignore[union-attr]
             yield item

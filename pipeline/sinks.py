@@ -12,7 +12,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -229,10 +229,3 @@ class TopicSink:
         # A resend after a partial failure repeats ids: consumers drop duplicates by id.
         await retry(f"produce {len(messages)} messages", send_all, self.backoff)
         return time.perf_counter() - started
-
-
-def group_by(items: Iterable[T], key: Callable[[T], Any]) -> Mapping[Any, list[T]]:
-    out: dict[Any, list[T]] = {}
-    for item in items:
-        out.setdefault(key(item), []).append(item)
-    return out

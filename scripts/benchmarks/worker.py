@@ -75,7 +75,7 @@ from pipeline.config import Settings  # noqa: E402
 from pipeline.events import decode_records  # noqa: E402
 from pipeline.lag import GroupLag, LagReader  # noqa: E402
 from pipeline.recording import Record  # noqa: E402
-from pipeline.replay import Pacer  # noqa: E402
+from pipeline.replay import Pacer, as_async  # noqa: E402
 from pipeline.simulate import FleetSimulator, SimConfig, SimFrame, to_record  # noqa: E402
 
 TARGET_READINGS_PER_S = 1_000_000
@@ -147,17 +147,6 @@ class Produced:
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
-async def _aiter(items: Iterable[Item] | AsyncIterator[Item]) -> AsyncIterator[Item]:
-    if hasattr(items, "__aiter__"):
-        async for item in items:  # type: ignore[union-attr]
-            yield item
-        return
-    for n, item in enumerate(items):  # type: ignore[union-attr]
-        yield item
-        if n % 256 == 255:
-            await asyncio.sleep(0)
-
-
 async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Settings, ledger: Ledger, *,
                   pacer: Pacer | None = None) -> Produced:
     """Send records and note each one's partition, offset, readings and send time.
@@ -185,7 +174,7 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     await producer.start()
     started = time.monotonic()
     try:
-        async for record, readings in _aiter(items):
+        async for record, readings in as_async(items):
             timestamp = record.timestamp_ms
             if pacer is not None:
                 wait = pacer.delay(record.timestamp_ms, readings)
