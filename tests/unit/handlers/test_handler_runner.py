@@ -72,9 +72,10 @@ def test_raising_and_hanging_handlers_are_isolated_and_dead_lettered() -> None:
     alone.close()
     h = HandlerHarness(fast, broken, hangs)
     try:
-        t0 = time.perf_counter()
         out = h.run(BATCH)
-        assert time.perf_counter() - t0 < 5, "a hanging handler must not hold the batch"
+        # the batch came back while the hanging call is still blocked (it is never released
+        # before this point): the hang did not hold the batch
+        assert not release.is_set() and h.runner.quarantined() == ["hangs"]
         assert strip(out.events_of()) == strip(baseline.events_of())  # others' output unchanged
         by_stage: dict[str, list[Any]] = {}
         for dl in out.dead_letters:
