@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -53,6 +53,16 @@ def _parse_speed(text: str) -> float | None:
     if value <= 0:
         raise typer.BadParameter("speed must be positive or 'max'")
     return value
+
+
+# Options that simulate and replay share (both produce frames to the ingest topics).
+SensorTopic = Annotated[str | None, typer.Option(help="Sensor topic (default from settings).")]
+GpsTopic = Annotated[str | None, typer.Option(help="GPS topic (default from settings).")]
+LingerMs = Annotated[int, typer.Option(help="Producer linger.ms.")]
+BatchBytes = Annotated[int, typer.Option(help="Producer max batch size in bytes.")]
+Compression = Annotated[str, typer.Option(help="none, gzip, lz4, snappy or zstd (the last three need cramjam).")]
+Acks = Annotated[str, typer.Option(help="Producer acks: 0, 1 or all.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
 def _settings(sensor_topic: str | None, gps_topic: str | None) -> Any:
@@ -101,13 +111,13 @@ def register(app: typer.Typer) -> None:
         truth: Path = typer.Option(None, help="With --to kafka: also write the truth file here."),
         rate: float = typer.Option(None, help="Target readings per second when producing (default: as fast as possible)."),
         frames_per_second: float = typer.Option(None, help="Target frames per second when producing."),
-        sensor_topic: str = typer.Option(None, help="Sensor topic (default from settings)."),
-        gps_topic: str = typer.Option(None, help="GPS topic (default from settings)."),
-        linger_ms: int = typer.Option(20, help="Producer linger.ms."),
-        batch_bytes: int = typer.Option(1 << 20, help="Producer max batch size in bytes."),
-        compression: str = typer.Option("none", help="none, gzip, lz4, snappy or zstd (the last three need cramjam)."),
-        acks: str = typer.Option("1", help="Producer acks: 0, 1 or all."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        sensor_topic: SensorTopic = None,
+        gps_topic: GpsTopic = None,
+        linger_ms: LingerMs = 20,
+        batch_bytes: BatchBytes = 1 << 20,
+        compression: Compression = "none",
+        acks: Acks = "1",
+        as_json: AsJson = False,
     ) -> None:
         """Simulate a fleet (EVs and combustion cars around a city) with injected faults.
 
@@ -170,13 +180,13 @@ def register(app: typer.Typer) -> None:
         rate: float = typer.Option(None, help="Cap in readings per second."),
         frames_per_second: float = typer.Option(None, help="Cap in frames per second."),
         out: Path = typer.Option(None, help="Write a recording instead of producing to Kafka."),
-        sensor_topic: str = typer.Option(None, help="Sensor topic (default from settings)."),
-        gps_topic: str = typer.Option(None, help="GPS topic (default from settings)."),
-        linger_ms: int = typer.Option(20, help="Producer linger.ms."),
-        batch_bytes: int = typer.Option(1 << 20, help="Producer max batch size in bytes."),
-        compression: str = typer.Option("none", help="none, gzip, lz4, snappy or zstd (the last three need cramjam)."),
-        acks: str = typer.Option("1", help="Producer acks: 0, 1 or all."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        sensor_topic: SensorTopic = None,
+        gps_topic: GpsTopic = None,
+        linger_ms: LingerMs = 20,
+        batch_bytes: BatchBytes = 1 << 20,
+        compression: Compression = "none",
+        acks: Acks = "1",
+        as_json: AsJson = False,
     ) -> None:
         """Replay a recording, or the recorded Twizy EV trips, into the ingest topics.
 
