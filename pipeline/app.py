@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -190,8 +191,8 @@ class Worker:
         )
 
     def _observe(self, result: BatchResult, seconds: float) -> None:
-        for r in result.records:
-            metrics.FRAMES_IN.labels(r.topic).inc()
+        for topic, frames in Counter(r.topic for r in result.records).items():
+            metrics.FRAMES_IN.labels(topic).inc(frames)
         for stage, s in result.timings.items():
             metrics.BATCH_SECONDS.labels(stage).observe(s)
         metrics.BATCH_SECONDS.labels("total").observe(seconds)
@@ -205,6 +206,8 @@ class Worker:
             metrics.DEAD_LETTERS.labels(dl.stage, dl.reason).inc()
             if dl.stage == "decode":
                 metrics.FRAMES_DEAD.labels(dl.reason).inc()
+            log.warning("dead letter %s stage=%s reason=%s: %s", dl.record.where, dl.stage, dl.reason,
+                        dl.error[:200])
         if len(result.events):
             types, n = np.unique(result.events.attrs["type"].astype(str), return_counts=True)
             for t, c in zip(types.tolist(), n.tolist(), strict=True):
@@ -219,9 +222,6 @@ class Worker:
             metrics.HANDLER_EVENTS.labels(name).inc(st.get("events_out", 0))
             if st.get("latency_s") is not None:
                 metrics.HANDLER_SECONDS.labels(name).observe(st["latency_s"])
-        for dl in result.dead_letters:
-            log.warning("dead letter %s stage=%s reason=%s: %s", dl.record.where, dl.stage, dl.reason,
-                        dl.error[:200])
 
     async def _emit_topics(self, result: BatchResult) -> None:
         """Routed events and dead letters to Kafka; returns once every one is acknowledged."""
@@ -315,6 +315,9 @@ def route_objects(result: BatchResult) -> list[PutObject]:
     from pipeline.events import encode_event
 
     objects: list[PutObject] = []
+    offsets_by_part: dict[tuple[str, int], list[int]] = {}
+    for r in result.records:
+        offsets_by_part.setdefault((r.topic, r.partition), []).append(r.offset)
     for route, batch in result.routed.items():
         prefixes = [t.object for t in result.targets.get(route, []) if getattr(t, "kind", None) == "object"]
         if not prefixes or not len(batch):
@@ -325,7 +328,7 @@ def route_objects(result: BatchResult) -> list[PutObject]:
             by_part.setdefault((rec.topic, rec.partition), []).append(row)
         rows = batch.rows()
         for (topic, partition), idx in by_part.items():
-            offsets = [r.offset for r in result.records if r.topic == topic and r.partition == partition]
+            offsets = offsets_by_part[(topic, partition)]
             lines = []
             for i in idx:
                 attrs, data = rows[i]

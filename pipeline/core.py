@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings
+from pipeline.events import decode_records
 
 log = logging.getLogger("pipeline.core")
 
@@ -137,8 +138,6 @@ class Core:
 
     def process(self, records: list[RawRecord], *, now_ms: int | None = None) -> BatchResult:
         """Run one batch of raw records through decode, clean, handlers and rules."""
-        from pipeline.events import decode_records
-
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         decoded, dead_letters = decode_records(records, max_frame_bytes=self.max_frame_bytes)

@@ -77,9 +77,9 @@ def split_batch(result: BatchResult) -> dict[tuple[str, int], dict[str, Any]]:
     """Split one core batch result by input (topic, partition): rows, counts, events."""
     records = result.records
     keys = [(r.topic, r.partition) for r in records]
-    uniq = list(dict.fromkeys(keys))
-    seg_of_record = np.fromiter((uniq.index(k) for k in keys), dtype=np.int64, count=len(records)) \
-        if len(uniq) > 1 else np.zeros(len(records), dtype=np.int64)
+    position = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    uniq = list(position)
+    seg_of_record = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(records))
     by_record = result.readings_by_record()
     frames_ok = result.frames_ok()
     dead_by_record: dict[int, list[str]] = {}
