@@ -74,6 +74,34 @@ def to_raw_record(event: Any) -> RawRecord:
     )
 
 
+def current_events(events: Sequence[Any], generation: int) -> tuple[list[Any], list[Any], int]:
+    """Split a take() batch into the events to process, the repeats to ack with them, and
+    a count of stale events.
+
+    Faust's take buffer survives a rebalance: events fetched under an earlier consumer
+    generation may still sit in it while the consumer re-seeks to the committed offset and
+    fetches them again, so one batch can hold the same offset several times. Stale events are
+    left unacked (this partition's current owner fetches them again from the committed
+    offset); a repeated offset is processed once, so a segment's frames match its offsets.
+    """
+    fresh: list[Any] = []
+    repeats: list[Any] = []
+    seen: set[tuple[str, int, int]] = set()
+    stale = 0
+    for event in events:
+        m = event.message
+        if m.generation_id is not None and m.generation_id != generation:
+            stale += 1
+            continue
+        where = (m.topic, m.partition, m.offset)
+        if where in seen:
+            repeats.append(event)
+            continue
+        seen.add(where)
+        fresh.append(event)
+    return fresh, repeats, stale
+
+
 class Worker:
     """State of one worker process: the core, the sinks and the open segments."""
 
@@ -143,11 +171,19 @@ class Worker:
             await self.producer.stop()
 
     # --- one batch ------------------------------------------------------------------------
-    async def handle(self, stream: Any, events: Sequence[Any]) -> None:
+    async def handle(self, stream: Any, events: Sequence[Any], generation: int | None = None) -> None:
         """Process one take() batch; ack its events once their outputs are durable."""
         async with self.busy:
             await self.start()
             self.poll_reloads()
+            repeats: list[Any] = []
+            if generation is not None:
+                events, repeats, stale = current_events(events, generation)
+                if stale or repeats:
+                    log.info("batch: %d stale events from before a rebalance left for the partition's "
+                             "owner, %d repeated offsets processed once", stale, len(repeats))
+                if not events:
+                    return
             records = [to_raw_record(e) for e in events]
             if self.state is not None:
                 self.state.note(records)
@@ -172,6 +208,8 @@ class Worker:
                     seg = self.segments[key] = Segment(*key)
                 add_to_segment(seg, part, records)
                 seg.pending.extend(events_by_tp[key])
+            for e in repeats:  # acked with the segment holding their offset
+                self.segments[(e.message.topic, e.message.partition)].pending.append(e)
 
             # Flush every partition's share of the batch, then ack it. Holding acks across
             # batches stalls Faust's consumer (its fetch flow waits on acks), so a segment is
@@ -281,7 +319,9 @@ class Worker:
 
     async def flush(self, stream: Any, key: tuple[str, int]) -> None:
         """PUT a segment's objects, then ack its input events (the commit follows)."""
-        seg = self.segments.pop(key)
+        seg = self.segments.pop(key, None)
+        if seg is None:  # revoked while this batch ran: the new owner replays it
+            return
         objects = segment_objects(seg)
         seconds = await self.store.write(objects)
         metrics.BACKPRESSURE.set(0)
@@ -423,7 +463,7 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, Worker]:
 
     async def handle_or_stop(stream: Any, events: Sequence[Any]) -> None:
         try:
-            await worker.handle(stream, events)
+            await worker.handle(stream, events, app.consumer_generation_id)
         except Exception:
             # Outputs of this batch are not durable, so its offsets must not be acked.
             # Carrying on would leave a hole the commit can never pass: stop instead,
