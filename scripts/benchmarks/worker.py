@@ -923,12 +923,12 @@ def traced_worker_main() -> None:
     last_end: list[float] = []
     handle = app_mod.Worker.handle
 
-    async def timed_handle(self: Any, stream: Any, events: Any) -> None:
+    async def timed_handle(self: Any, stream: Any, events: Any, *args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
         if last_end:
             spent.labels("between_batches").inc(start - last_end[0])
         try:
-            await handle(self, stream, events)
+            await handle(self, stream, events, *args, **kwargs)
         finally:
             end = time.perf_counter()
             spent.labels("handle").inc(end - start)
