@@ -15,6 +15,7 @@ validation and object building add a third or more to each record's cost
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -105,10 +106,24 @@ class _OrjsonFormat(JSONFormat):
 _FORMAT: Final = _OrjsonFormat()
 
 
+_SECOND_TEXT: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS" (bounded, see rfc3339)
+
+
 def rfc3339(epoch_ms: int) -> str:
-    """Epoch milliseconds as an RFC 3339 UTC timestamp, the form the SDK writes (`...Z`)."""
-    text = (_EPOCH + timedelta(milliseconds=int(epoch_ms))).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    """Epoch milliseconds as an RFC 3339 UTC timestamp, the form the SDK writes (`...Z`).
+
+    That is `datetime.isoformat` of the UTC time with `+00:00` written `Z`: no fraction on a
+    whole second, else six digits (`.123000Z`). The date and time of day are formatted once
+    per second and cached; encoders stamp many events within the same seconds.
+    """
+    seconds, ms = divmod(int(epoch_ms), 1000)
+    head = _SECOND_TEXT.get(seconds)
+    if head is None:
+        head = (_EPOCH + timedelta(seconds=seconds)).replace(tzinfo=None).isoformat()
+        if len(_SECOND_TEXT) >= 1 << 16:
+            _SECOND_TEXT.clear()
+        _SECOND_TEXT[seconds] = head
+    return f"{head}.{ms:03d}000Z" if ms else head + "Z"
 
 
 def epoch_ms(value: datetime) -> int:
@@ -156,6 +171,35 @@ def _frame_attributes(kind: str, frame: Mapping[str, Any]) -> list[tuple[str, st
     ]
 
 
+_FrameHeader = tuple[str, bytes]
+# (kind, vin) -> (ce_id hash prefix, the headers before ce_id, between ce_id and ce_time, after ce_time)
+_FRAME_HEADERS: dict[tuple[str, str], tuple[bytes, tuple[_FrameHeader, ...], tuple[_FrameHeader, ...],
+                                            tuple[_FrameHeader, ...]]] = {}
+
+
+def frame_headers(kind: str, vin: str, seq: int, sent_at: int) -> tuple[tuple[str, bytes], ...]:
+    """The binary-mode CloudEvent headers of a frame (what `encode_frame` sends).
+
+    Only `ce_id` and `ce_time` change from frame to frame; the other headers of a vehicle's
+    frames of one kind are encoded once and reused.
+    """
+    fixed = _FRAME_HEADERS.get((kind, vin)) if isinstance(vin, str) else None  # else: rejected below
+    if fixed is None:
+        attributes = dict(_frame_attributes(kind, {"vin": vin, "seq": 0, "sent_at": 0}))
+        encoded = {name: text.encode("utf-8") for name, text in attributes.items()}
+        fixed = (f"frame/{kind}/{vin}/".encode(),  # `frame_id` hashes "frame/<kind>/<vin>/<seq>"
+                 (("ce_specversion", encoded["specversion"]),),
+                 (("ce_source", encoded["source"]), ("ce_type", encoded["type"]), ("ce_subject", encoded["subject"])),
+                 (("content-type", encoded["datacontenttype"]), ("ce_partitionkey", encoded["partitionkey"])))
+        if len(_FRAME_HEADERS) >= 1 << 16:
+            _FRAME_HEADERS.clear()
+        _FRAME_HEADERS[(kind, vin)] = fixed
+    id_prefix, before_id, before_time, after_time = fixed
+    event_id = hashlib.blake2b(id_prefix + str(int(seq)).encode(), digest_size=16).hexdigest()
+    return (*before_id, ("ce_id", event_id.encode()), *before_time,
+            ("ce_time", rfc3339(sent_at).encode()), *after_time)
+
+
 def _direct(attributes: Sequence[tuple[str, str]], data: Any, key: str, timestamp_ms: int) -> EncodedRecord:
     headers = [("content-type" if name == "datacontenttype" else "ce_" + name, text.encode("utf-8"))
                for name, text in attributes]
@@ -182,11 +226,13 @@ def encode_frame(kind: FrameKind, frame: Mapping[str, Any], *, via_sdk: bool = F
     numpy arrays. The record timestamp is `sent_at` (replays may override it with `to_raw`).
     `via_sdk=True` builds the same record through the cloudevents SDK's Kafka binding.
     """
-    attributes = _frame_attributes(kind, frame)
     data = frame if isinstance(frame, dict) else dict(frame)
     if via_sdk:
-        return _via_sdk(attributes, data, frame["sent_at"])
-    return _direct(attributes, data, frame["vin"], frame["sent_at"])
+        return _via_sdk(_frame_attributes(kind, frame), data, frame["sent_at"])
+    vin, sent_at = frame["vin"], frame["sent_at"]
+    headers = frame_headers(kind, vin, frame["seq"], sent_at)
+    return EncodedRecord(vin.encode("utf-8"), orjson.dumps(data, option=_ORJSON_OPTS), list(headers),
+                         int(sent_at))
 
 
 def _event_attributes(attrs: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str, int]:

@@ -76,17 +76,24 @@ def _prefixed(text: str) -> bytes:
     return out
 
 
-def encode_record(record: Record) -> bytes:
-    """The framed bytes of one record (length, CRC and body)."""
-    key, value, headers = record.key, record.value, record.headers
-    parts: list[bytes] = [_I64.pack(record.timestamp_ms), _prefixed(record.topic),
+def _framed(record: Record) -> tuple[bytes, bytes]:
+    """The record's length-and-CRC prefix and its body (kept apart to spare a copy of the body)."""
+    topic, key, value, headers, timestamp_ms = record
+    names = _name_cache
+    parts: list[bytes] = [_I64.pack(timestamp_ms), names.get(topic) or _prefixed(topic),
                           _NULL if key is None else _I32.pack(len(key)), key or b"",
                           _NULL if value is None else _I32.pack(len(value)), value or b"",
                           _U16.pack(len(headers))]
     for name, header_value in headers:
-        parts += (_prefixed(name), _U32.pack(len(header_value)), header_value)
+        parts += (names.get(name) or _prefixed(name), _U32.pack(len(header_value)), header_value)
     body = b"".join(parts)
-    return _RECORD_PREFIX.pack(len(body), zlib.crc32(body)) + body
+    return _RECORD_PREFIX.pack(len(body), zlib.crc32(body)), body
+
+
+def encode_record(record: Record) -> bytes:
+    """The framed bytes of one record (length, CRC and body)."""
+    prefix, body = _framed(record)
+    return prefix + body
 
 
 def _decode_body(body: memoryview) -> Record:
@@ -172,14 +179,11 @@ class RecordingWriter:
 
     def write_many(self, records: Iterable[Record]) -> int:
         """Append records in order; returns how many were written."""
-        n = 0
         chunks: list[bytes] = []
-        size = 0
         for record in records:
-            framed = encode_record(record)
-            chunks.append(framed)
-            size += len(framed)
-            n += 1
+            chunks += _framed(record)
+        n = len(chunks) // 2
+        size = n * _RECORD_PREFIX.size + sum(map(len, chunks[1::2]))
         self._fh.write(b"".join(chunks))
         self.records += n
         self.bytes_written += size

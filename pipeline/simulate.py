@@ -9,7 +9,8 @@ any duration. The same seed gives the same bytes.
 
 Frames leave as dicts (`SimFrame`, samples as numpy arrays); `encode_frame` turns them
 into Kafka records only at the output edge (`to_record`), where malformed payloads are
-also made. Outputs: a recording file (`pipeline.recording`) with its truth file beside it
+also made. `record_windows` makes the same records without the dicts: it serializes each
+signal's samples of a window once and cuts the frames' JSON out of that text. Outputs: a recording file (`pipeline.recording`) with its truth file beside it
 (`pipeline.sim.truth`, read back with `load_truth`), or Kafka (`pipeline.replay`).
 
 Conventions a consumer can rely on:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +41,7 @@ import numpy.typing as npt
 import orjson
 
 from pipeline.catalog import Catalog, load_catalog
-from pipeline.events import encode_frame
+from pipeline.events import encode_frame, frame_headers
 from pipeline.recording import Record, RecordingWriter
 from pipeline.sim.city import CITIES, RoadNetwork
 from pipeline.sim.faults import (
@@ -70,6 +72,9 @@ KINDS = ("sensor", "gps")
 _CODE_NAME = {code: name for name, code in FAULT_CODE.items()}
 _SKEW = FAULT_CODE["clock_skew"]
 _DUP = FAULT_CODE["duplicate"]
+_MALFORMED = frozenset({"missing_field", "wrong_type", "oversized", "bad_json"})  # payloads broken on the way out
+_BROKEN_FROM_DICT = _MALFORMED - {"bad_json"}  # built by editing the frame dict (bad_json cuts the bytes)
+_COMMA, _CUT = ord(","), ord("|")  # "|" never occurs in JSON numbers
 
 
 @contextmanager
@@ -148,7 +153,7 @@ class SimFrame:
 
     arrival_ms: int  # Kafka record timestamp
     kind: str  # sensor | gps
-    frame: dict[str, Any]
+    frame: dict[str, Any]  # empty for frames encoded straight to bytes, unless a fault edits it
     n_readings: int
     vehicle: int  # index of the vehicle in the fleet (ordering ties)
     seq: int
@@ -156,6 +161,14 @@ class SimFrame:
     detail: str = ""
     copy: int = 0  # 1 for the resend of a duplicated frame
     record: Record | None = None  # the encoded record, when encoding at generation time
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoding:
+    """Where and how `FleetSimulator._window` encodes its frames as records."""
+
+    topics: dict[str, str]
+    max_frame_bytes: int
 
 
 @dataclass(slots=True)
@@ -194,6 +207,8 @@ class FleetSimulator:
                                       config.frame_ms, config.seed)
         self.vins = self.model.vehicles.vins
         self._vin_arr = np.asarray(self.vins, dtype=object)
+        self._vin_keys = [vin.encode("utf-8") for vin in self.vins]  # Kafka keys
+        self._vin_json = [orjson.dumps(vin).decode() for vin in self.vins]  # as JSON strings
         frame_rng = np.random.default_rng([config.seed, 0xF4A3E])
         self.phase_ms = frame_rng.integers(0, max(config.frame_ms // 4, 1), config.vehicles).astype(np.int64)
         self._frame_rng = frame_rng
@@ -230,24 +245,21 @@ class FleetSimulator:
     def record_windows(self, topics: dict[str, str]) -> Iterator[tuple[list[tuple[Record, int]], list[TruthRows]]]:
         """Like `windows`, with each frame already encoded: ((record, readings), truth rows).
 
-        Encoding happens inside the window's garbage-collector pause, so the frame dicts
-        are gone before collection resumes (see `gc_paused`).
+        The records equal `to_record` of the frames `windows` gives, but the JSON payloads
+        are assembled from each signal's serialized samples (`_json_frames`); a frame dict
+        is built only for the frames whose malformed payload is made from one. Encoding
+        happens inside the window's garbage-collector pause (see `gc_paused`).
         """
-        limit = self.config.max_frame_bytes
+        return self._windows(_Encoding(dict(topics), self.config.max_frame_bytes))
 
-        def encode(f: SimFrame) -> Record:
-            return to_record(f, topics, limit)
-
-        return self._windows(encode)
-
-    def _windows(self, encode: Callable[[SimFrame], Any] | None) -> Iterator[tuple[list[Any], list[TruthRows]]]:
+    def _windows(self, encoding: _Encoding | None) -> Iterator[tuple[list[Any], list[TruthRows]]]:
         start = self.config.start_ms
         ws = start
         while ws < self.end_ms:
             length = min(self.window_ms, self.end_ms - ws)
             last = ws + length >= self.end_ms
             with gc_paused():
-                frames, truth = self._window(ws, length, encode)
+                frames, truth = self._window(ws, length, encoding)
                 out = self._release(frames, None if last else ws + length + self.config.frame_ms)
                 del frames
                 for f in out:
@@ -255,7 +267,7 @@ class FleetSimulator:
                     self.stats.readings += f.n_readings
                 self.stats.sim_ms = ws + length - start
                 self.stats.windows += 1
-                result: list[Any] = out if encode is None else [(f.record, f.n_readings) for f in out]
+                result: list[Any] = out if encoding is None else [(f.record, f.n_readings) for f in out]
                 del out
             yield result, truth
             ws += length
@@ -275,7 +287,7 @@ class FleetSimulator:
             out.append(heapq.heappop(pending)[4])
         return out
 
-    def _window(self, ws: int, length: int, encode: Callable[[SimFrame], Record] | None = None
+    def _window(self, ws: int, length: int, encoding: _Encoding | None = None
                 ) -> tuple[list[SimFrame], list[TruthRows]]:
         cfg = self.config
         frame_ms = cfg.frame_ms
@@ -418,8 +430,7 @@ class FleetSimulator:
                 np.full(n, KINDS[int(kind[f])], dtype=object), np.full(n, "unknown_signal", dtype=object),
                 np.asarray(vals), np.asarray(vals)))
 
-        # frames out, built frame by frame (and encoded while their arrays are hot in cache):
-        # (frame, signal) pairs with samples, in frame order, index the flat columns
+        # frames out: (frame, signal) pairs with samples, in frame order, index the flat columns
         if col_counts:
             counts_m = np.stack(col_counts, axis=1)  # (frames, signals)
             starts_m = np.cumsum(counts_m, axis=0) - counts_m
@@ -433,9 +444,8 @@ class FleetSimulator:
         out: list[SimFrame] = []
         sent_at = sent_true + ff.skew_ms
         vins = self.vins
-        for i, (v, s, kd, sa, arr, c, nr) in enumerate(zip(
-                vehicle.tolist(), seq.tolist(), kind.tolist(), sent_at.tolist(), ff.arrival.tolist(),
-                ff.code.tolist(), n_readings.tolist(), strict=True)):
+
+        def frame_dict(i: int, v: int, s: int, sa: int) -> dict[str, Any]:
             samples: dict[str, Any] = {}
             lo, hi = bounds[i], bounds[i + 1]
             for j, o, n in zip(pair_cols[lo:hi], pair_start[lo:hi], pair_n[lo:hi], strict=True):
@@ -445,14 +455,29 @@ class FleetSimulator:
                     samples[name]["u"] = unit
             if i in extra:
                 samples[extra[i][0]] = extra[i][1]
-            frame = {"vin": vins[v], "seq": s, "sent_at": sa, "samples": samples}
-            sim = SimFrame(arr, KINDS[kd], frame, nr, v, s, _CODE_NAME[c] if c and c != _DUP else "",
-                           ff.detail[i])
-            if encode is not None:
-                sim.record = encode(sim)
+            return {"vin": vins[v], "seq": s, "sent_at": sa, "samples": samples}
+
+        payloads: list[bytes] = []
+        if encoding is not None:
+            payloads = self._payloads(vehicle.tolist(), seq.tolist(), sent_at.tolist(), col_names, col_t, col_v,
+                                      pair_cols, pair_n, bounds, unit_blocks, extra)
+        for i, (v, s, kd, sa, arr, c, nr) in enumerate(zip(
+                vehicle.tolist(), seq.tolist(), kind.tolist(), sent_at.tolist(), ff.arrival.tolist(),
+                ff.code.tolist(), n_readings.tolist(), strict=True)):
+            fault = _CODE_NAME[c] if c and c != _DUP else ""
+            # encoded frames carry their payload bytes; the dict is built only where a fault needs it
+            frame = frame_dict(i, v, s, sa) if encoding is None or fault in _BROKEN_FROM_DICT else {}
+            kind_name = KINDS[kd]
+            sim = SimFrame(arr, kind_name, frame, nr, v, s, fault, ff.detail[i])
+            if encoding is not None:  # what `to_record` makes of the frame
+                value = payloads[i]
+                if fault in _MALFORMED:
+                    value = _malformed(sim, value, encoding.max_frame_bytes)
+                sim.record = Record(encoding.topics[kind_name], self._vin_keys[v], value,
+                                    frame_headers(kind_name, vins[v], s, sa), arr)
             out.append(sim)
             if c == _DUP:
-                resend = SimFrame(int(ff.dup_arrival[i]), KINDS[kd], frame, nr, v, s, "duplicate",
+                resend = SimFrame(int(ff.dup_arrival[i]), kind_name, frame, nr, v, s, "duplicate",
                                   ff.detail[i], copy=1)
                 if sim.record is not None:
                     resend.record = sim.record._replace(timestamp_ms=resend.arrival_ms)
@@ -467,6 +492,32 @@ class FleetSimulator:
                 np.asarray([_CODE_NAME[c] for c in ff.code[bad_frames].tolist()], dtype=object),
                 sent_at[bad_frames], stamps, n_readings[bad_frames], detail))
         return out, truth
+
+    def _payloads(self, vehicle: list[int], seq: list[int], sent_at: list[int], col_names: list[str],
+                  col_t: list[npt.NDArray[np.int64]], col_v: list[npt.NDArray[Any]], pair_cols: list[int],
+                  pair_n: list[int], bounds: list[int],
+                  unit_blocks: dict[int, list[tuple[str, str]]], extra: dict[int, tuple[str, dict[str, Any]]],
+                  ) -> list[bytes]:
+        """The JSON payload of every frame of the window, byte for byte what orjson makes of its dict.
+
+        `{"vin":..,"seq":..,"sent_at":..,"samples":{..}}` with, per (frame, signal) pair in order,
+        `"name":{"t":[..],"v":[..]}` (plus `"u"` for a unit block), then the unknown signal, if any.
+        """
+        heads = [f'{{"vin":{self._vin_json[v]},"seq":{s},"sent_at":{sa},"samples":{{'.encode()
+                 for v, s, sa in zip(vehicle, seq, sent_at, strict=True)]
+        tails = [b"}}"] * len(heads)
+        for i, (name, entry) in extra.items():  # not a catalog signal, so never a column's name
+            lead = b"," if bounds[i + 1] > bounds[i] else b""
+            tails[i] = lead + orjson.dumps({name: entry})[1:-1] + b"}}"
+        pair_unit: dict[int, bytes] = {}
+        if unit_blocks:
+            col_of = {name: j for j, name in enumerate(col_names)}
+            for i, blocks in unit_blocks.items():
+                for name, unit in blocks:
+                    pair = pair_cols.index(col_of[name], bounds[i], bounds[i + 1])
+                    pair_unit[pair] = b'],"u":' + orjson.dumps(unit) + b"}"
+        return _json_frames(heads, tails, col_names, col_t, col_v, np.asarray(pair_cols, dtype=np.int64),
+                           np.asarray(pair_n, dtype=np.int64), np.asarray(bounds, dtype=np.int64), pair_unit)
 
     @staticmethod
     def _delay_detail(ff: Any, table: FrameTable, i: int) -> str:
@@ -499,11 +550,75 @@ class FleetSimulator:
 # --- output edge ------------------------------------------------------------------------------
 
 
+def _json_frames(heads: list[bytes], tails: list[bytes], col_names: list[str], col_t: list[npt.NDArray[np.int64]],
+                col_v: list[npt.NDArray[Any]], pair_col: npt.NDArray[np.int64], pair_n: npt.NDArray[np.int64],
+                bounds: npt.NDArray[np.int64], pair_end: dict[int, bytes]) -> list[bytes]:
+    """JSON objects of many frames whose samples are consecutive runs of shared columns.
+
+    Frame f is `heads[f]`, then its pairs `bounds[f]:bounds[f + 1]`, comma-separated, then
+    `tails[f]`. Pair p is `"<col_names[c]>":{"t":[..],"v":[..]}` for column c = `pair_col[p]`,
+    its closing `]}` replaced by `pair_end[p]` if given; a column's pairs take its numbers
+    in order, `pair_n[p]` each. The bytes equal orjson's for the same frames as dicts of
+    numpy slices: orjson writes a number the same way whatever array holds it, so each
+    column is serialized once and cut into runs, and frames are joined from the pieces.
+    That avoids a dict, two arrays and orjson's per-array work for every pair.
+    """
+    n_cols, n_pairs = len(col_names), len(pair_col)
+    order = np.argsort(pair_col, kind="stable")  # pairs column by column, each column in frame order
+    col_end = np.cumsum(np.bincount(pair_col, minlength=n_cols)).tolist()
+    runs_n = pair_n[order]
+    t_runs: list[bytes] = []
+    v_runs: list[bytes] = []
+    lo = 0
+    for j, hi in enumerate(col_end):
+        t_runs += _json_runs(col_t[j], runs_n[lo:hi])
+        v_runs += _json_runs(col_v[j], runs_n[lo:hi])
+        lo = hi
+    t_text = np.empty(n_pairs, dtype=object)
+    t_text[order] = t_runs
+    v_text = np.empty(n_pairs, dtype=object)
+    v_text[order] = v_runs
+
+    keys = [orjson.dumps(name) + b':{"t":[' for name in col_names]
+    key_table = np.asarray([*keys, *(b"," + key for key in keys)], dtype=object)
+    first = np.zeros(n_pairs, dtype=bool)
+    first[bounds[:-1][bounds[1:] > bounds[:-1]]] = True
+    opening: list[bytes] = key_table[np.where(first, pair_col, pair_col + n_cols)].tolist()
+    closing = [b"]}"] * n_pairs
+    for pair, text in pair_end.items():
+        closing[pair] = text
+    edges = bounds.tolist()
+    for f, (lo, hi) in enumerate(itertools.pairwise(edges)):  # the frame's head and tail around its pairs
+        if hi > lo:
+            opening[lo] = heads[f] + opening[lo]
+            closing[hi - 1] += tails[f]
+    parts: list[bytes] = [b""] * (5 * n_pairs)
+    parts[0::5] = opening
+    parts[1::5] = t_text.tolist()
+    parts[2::5] = [b'],"v":['] * n_pairs
+    parts[3::5] = v_text.tolist()
+    parts[4::5] = closing
+    return [b"".join(parts[5 * lo:5 * hi]) if hi > lo else heads[f] + tails[f]
+            for f, (lo, hi) in enumerate(itertools.pairwise(edges))]
+
+
+def _json_runs(column: npt.NDArray[Any], lengths: npt.NDArray[np.int64]) -> list[bytes]:
+    """orjson's text of `column` cut into consecutive runs of `lengths` numbers: `["1,2", "3"]`."""
+    raw = np.frombuffer(orjson.dumps(column, option=orjson.OPT_SERIALIZE_NUMPY), dtype=np.uint8).copy()
+    if lengths.size > 1:  # numbers hold no commas: mark the ones between runs, then split there
+        commas = np.flatnonzero(raw == _COMMA)
+        raw[commas[np.cumsum(lengths[:-1]) - 1]] = _CUT
+    runs = raw[1:-1].tobytes().split(bytes([_CUT]))
+    if len(runs) != lengths.size:
+        raise RuntimeError(f"a column of {column.dtype} did not serialize as a flat JSON array")
+    return runs
+
+
 def to_record(sim: SimFrame, topics: dict[str, str], max_frame_bytes: int = 1_000_000) -> Record:
     """Encode a frame as the Kafka record it is sent as, breaking the payload if it is faulty."""
     encoded = encode_frame(sim.kind, sim.frame)  # type: ignore[arg-type]
     value = encoded.value
-    if sim.fault in ("missing_field", "wrong_type", "oversized", "bad_json"):
+    if sim.fault in _MALFORMED:
         value = _malformed(sim, value, max_frame_bytes)
     return Record(topics[sim.kind], encoded.key, value, tuple(encoded.headers), sim.arrival_ms)
 

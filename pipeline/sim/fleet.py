@@ -40,6 +40,8 @@ _VIN_VALUES = {**{str(d): d for d in range(10)},
 _VIN_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
 _EV_WMI = ("VF1", "UU1", "WVW", "LRW", "VF3", "KNA", "WBY", "YV1")
 _ICE_WMI = ("VF1", "UU1", "VF3", "VF7", "ZFA", "WVW", "KMH", "MA3", "JTD", "VSS")
+# the same choices as arrays, converted once: `Generator.choice` draws the same from either
+_VIN_CHAR_ARRAY, _EV_WMI_ARRAY, _ICE_WMI_ARRAY = (np.array(list(x)) for x in (_VIN_CHARS, _EV_WMI, _ICE_WMI))
 
 # Traced per-second fields (vehicle x second); see `Trace`.
 TRACE_FIELDS = (
@@ -62,8 +64,8 @@ def make_vins(rng: np.random.Generator, is_ev: npt.NDArray[np.bool_]) -> list[st
     seen: set[str] = set()
     for ev in is_ev.tolist():
         while True:
-            wmi = str(rng.choice(_EV_WMI if ev else _ICE_WMI))
-            vds = "".join(rng.choice(list(_VIN_CHARS), 5))
+            wmi = str(rng.choice(_EV_WMI_ARRAY if ev else _ICE_WMI_ARRAY))
+            vds = "".join(rng.choice(_VIN_CHAR_ARRAY, 5))
             year = "LMNPR"[int(rng.integers(0, 5))]
             plant = _VIN_CHARS[int(rng.integers(10, len(_VIN_CHARS)))]
             serial = f"{int(rng.integers(0, 1_000_000)):06d}"

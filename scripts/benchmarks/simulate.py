@@ -5,7 +5,7 @@
 
 Stages, each on one core (best of --repeat runs, CPU time of this process):
   generate   frames as dicts with numpy sample arrays (no JSON)
-  encode     + `encode_frame` (CloudEvents headers, orjson) and record framing
+  encode     + Kafka records (`record_windows`: CloudEvents headers and JSON payloads)
   recording  + writing the recording and its truth file (`simulate_to_recording`)
   produce    records already in memory sent to the local broker as fast as aiokafka takes them
   simulate>kafka   generation and producing together (`pipeline simulate --to kafka`)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from pipeline.events import (
     encode_event,
     encode_events,
     encode_frame,
+    frame_headers,
     frame_id,
     read_event,
     rfc3339,
@@ -200,6 +202,24 @@ def test_frame_id_is_deterministic_and_distinct() -> None:
 def test_rfc3339() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(T0 + 123) == "2023-11-14T22:13:20.123000Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_rfc3339_is_the_utc_isoformat(ms: int) -> None:
+    text = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).isoformat()
+    assert rfc3339(ms) == text.removesuffix("+00:00") + "Z"
+    assert rfc3339(ms - ms % 1000) == rfc3339(ms)[:19] + "Z"  # the same second, cached
+
+
+def test_frame_headers_are_the_sdk_headers() -> None:
+    for vin in (VIN, "OTHER"):
+        for kind in FRAME_TYPES:
+            for seq, sent_at in ((1, T0), (2, T0 + 1), (10**12, T0 + 86_400_123)):
+                f = {"vin": vin, "seq": seq, "sent_at": sent_at, "samples": {}}
+                headers = frame_headers(kind, vin, seq, sent_at)
+                assert list(headers) == encode_frame(kind, f, via_sdk=True).headers  # type: ignore[arg-type]
+                assert dict(headers)["ce_id"] == frame_id(vin, seq, kind).encode()
 
 
 # --- derived events ------------------------------------------------------------------------

@@ -52,6 +52,21 @@ def test_round_trip_of_arbitrary_records(tmp_path_factory: pytest.TempPathFactor
     assert list(iter_records(path)) == records
 
 
+def test_write_and_write_many_frame_alike(tmp_path: Path) -> None:
+    one, many = tmp_path / "one.rec", tmp_path / "many.rec"
+    with RecordingWriter(one, {"m": 1}) as writer:
+        for record in RECORDS:
+            writer.write(record)
+        assert writer.records == len(RECORDS)
+    with RecordingWriter(many, {"m": 1}) as writer:
+        assert writer.write_many(RECORDS) == len(RECORDS)
+        assert writer.records == len(RECORDS)
+        written = writer.bytes_written
+    assert one.read_bytes() == many.read_bytes()
+    assert written == sum(len(recording.encode_record(r)) for r in RECORDS)
+    assert many.stat().st_size == RecordingReader(many)._data_start + written
+
+
 def test_append_continues_the_same_file(tmp_path: Path) -> None:
     path = tmp_path / "a.rec"
     write_records(path, RECORDS[:2], metadata={"run": 1})

@@ -25,6 +25,7 @@ from pipeline.simulate import (
     load_truth,
     parse_start,
     simulate_to_recording,
+    to_record,
 )
 
 EPISODIC = {"stuck", "dropout", "gps_jump", "clock_skew"}  # whole episodes: few, large draws
@@ -113,6 +114,23 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     assert a == b
     assert a != c
     assert (tmp_path / "a.rec.truth.parquet").read_bytes() == (tmp_path / "b.rec.truth.parquet").read_bytes()
+
+
+def test_encoded_windows_equal_encoding_each_frame() -> None:
+    """`record_windows` writes payloads without frame dicts: the records equal `to_record` of the frames."""
+    rates = parse_fault_rates(HIGH_RATES + ",wrong_unit=0.02,unknown_unit=0.02,unknown_signal=0.05,bad_json=0.02,"
+                              "missing_field=0.02,wrong_type=0.02,oversized=0.01,duplicate=0.03")
+    config = SimConfig(vehicles=200, duration_s=120, seed=5, fault_rates=rates)
+    topics = {"sensor": "s.raw", "gps": "g.raw"}
+    framed = FleetSimulator(config)
+    expected = [(to_record(f, topics, config.max_frame_bytes), f.n_readings) for f in framed.frames()]
+    encoded = FleetSimulator(config)
+    got = [item for records, _ in encoded.record_windows(topics) for item in records]
+    assert got == expected
+    injected = encoded.tally["injected"]  # the run holds every kind of frame content and damage
+    for fault in ("wrong_unit", "unknown_unit", "unknown_signal", "duplicate", "bad_json", "missing_field",
+                  "wrong_type", "oversized"):
+        assert injected[fault] > 0, fault
 
 
 def test_fault_rates_do_not_change_the_clean_traffic(tmp_path: Path) -> None:
