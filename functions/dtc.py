@@ -29,8 +29,12 @@ def dtc(batch: HandlerInput, ctx: HandlerContext) -> None:
     first = ops.first_of_group(s.vehicle)
     prev = np.empty_like(count)
     prev[1:] = count[:-1]
-    initial = np.array([int(stored.get(v, {}).get("count", 0)) for v in s.vehicle[first].tolist()],
-                       dtype=np.int64)
+    # the last count stored for each vehicle (0 without state)
+    initial = np.zeros(int(np.count_nonzero(first)), dtype=np.int64)
+    if stored:
+        with_state = np.fromiter(stored, dtype=np.int64, count=len(stored))
+        pos, found = ops.positions_of(s.vehicle[first], with_state)
+        initial[pos[found]] = [int(stored[v].get("count", 0)) for v in with_state[found].tolist()]
     prev[first] = initial
     for kind, mask in (("appeared", count > prev), ("cleared", count < prev)):
         if mask.any():

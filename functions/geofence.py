@@ -29,13 +29,16 @@ def geofence(batch: HandlerInput, ctx: HandlerContext) -> None:
         return
     names = [z.name for z in zones]
     bit_of = {n: i for i, n in enumerate(names)}
-    mask = np.zeros(len(p), dtype=np.int64)
-    for i, z in enumerate(zones):
-        mask |= z.contains(p.lat, p.lon).astype(np.int64) << i
+    mask = batch.fix_zones(zones)  # bit i: inside zones[i]
     stored = ctx.states(batch.vehicles(LAT))
     first = ops.first_of_group(p.vehicle)
-    start_mask = np.array([sum(1 << bit_of[n] for n in stored.get(v, {}).get("inside", []) if n in bit_of)
-                           for v in p.vehicle[first].tolist()], dtype=np.int64)
+    # zones each vehicle was in before its first fix here (none without state)
+    start_mask = np.zeros(int(np.count_nonzero(first)), dtype=np.int64)
+    if stored:
+        with_state = np.fromiter(stored, dtype=np.int64, count=len(stored))
+        pos, found = ops.positions_of(p.vehicle[first], with_state)
+        for v, i in zip(with_state[found].tolist(), pos[found].tolist(), strict=True):
+            start_mask[i] = sum(1 << bit_of[n] for n in stored[v].get("inside", []) if n in bit_of)
     prev = np.empty_like(mask)
     prev[1:] = mask[:-1]
     prev[first] = start_mask

@@ -52,11 +52,15 @@ def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
     runs = ops.track_runs(s.vehicle, s.t, cond, np.zeros(len(s)), max_gap_ms=int(cfg["max_gap_ms"]),
                           carried=stored)
     has = runs.first >= 0
-    lat, lon = batch.location(runs.vehicle, runs.start_t)
+    done = ~runs.open & (runs.duration_ms >= int(cfg["min_duration_s"]) * 1000)
+    # the start location is reported (done) or kept (open) only: look up just those
+    lat, lon = np.full(len(runs), np.nan), np.full(len(runs), np.nan)
+    wanted = np.flatnonzero(done | runs.open)
+    if wanted.shape[0]:
+        lat[wanted], lon[wanted] = batch.location(runs.vehicle[wanted], runs.start_t[wanted])
     for i in np.flatnonzero(runs.carried).tolist():
         kept = runs.carried_state[i] or {}
         lat[i], lon[i] = _f(kept.get("lat")), _f(kept.get("lon"))
-    done = ~runs.open & (runs.duration_ms >= int(cfg["min_duration_s"]) * 1000)
     if done.any():
         origin = np.where(has, s.record_at(np.maximum(runs.first, 0)), -1) if len(runs) else runs.first
         origin[~has] = batch.first_record(runs.vehicle[~has])

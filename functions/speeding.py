@@ -34,19 +34,36 @@ def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
     s = batch.signal(SPEED)
     if not len(s):
         return
-    limit = np.full(len(s), float(cfg["limit_kmh"]))
-    zones = [z for z in ctx.zones if z.speed_limit_kmh is not None]
-    lat, lon = batch.location(s.vehicle, s.t, max_dist_ms=int(cfg["location_ms"]))
-    if zones:
-        known = ~np.isnan(lat)
-        for z in zones:
-            inside = np.zeros(len(s), dtype=bool)
-            inside[known] = z.contains(lat[known], lon[known])
-            limit = np.where(inside, np.minimum(limit, float(z.speed_limit_kmh or np.inf)), limit)
-    if batch.has(POSTED_LIMIT):
+    tolerance = float(cfg["tolerance_kmh"])
+    limited = [(i, z) for i, z in enumerate(ctx.zones) if z.speed_limit_kmh is not None]
+    posted_here = batch.has(POSTED_LIMIT)
+    # A reading no faster than the lowest limit that can apply is not speeding whatever its
+    # location, and the limit and location are only read where speeding starts: without
+    # posted limits (which may be lower still), only the faster readings are located.
+    lowest = min([float(cfg["limit_kmh"]), *(float(z.speed_limit_kmh or np.inf) for _, z in limited)])
+    rows = None if posted_here else np.flatnonzero(s.v > lowest + tolerance)
+    qv, qt = (s.vehicle, s.t) if rows is None else (s.vehicle[rows], s.t[rows])
+    # each reading is located at its nearest GPS fix, so it is inside the zones that fix is in
+    fix = batch.nearest_fix(qv, qt, max_dist_ms=int(cfg["location_ms"]))
+    p = batch.positions()
+    q_lat, q_lon = ops.take_or_nan(p.lat, fix), ops.take_or_nan(p.lon, fix)
+    q_limit = np.full(qv.shape[0], float(cfg["limit_kmh"]))
+    if limited:
+        # zone bits of every reading's fix (0 where there is no fix), shared with geofence
+        in_zones = np.where(fix >= 0, batch.fix_zones(ctx.zones)[np.maximum(fix, 0)], 0) if len(p) else fix * 0
+        for i, z in limited:
+            inside = ((in_zones >> i) & 1).astype(bool)
+            q_limit = np.where(inside, np.minimum(q_limit, float(z.speed_limit_kmh or np.inf)), q_limit)
+    if rows is None:
+        limit, lat, lon = q_limit, q_lat, q_lon
+    else:
+        limit = np.full(len(s), float(cfg["limit_kmh"]))
+        lat, lon = np.full(len(s), np.nan), np.full(len(s), np.nan)
+        limit[rows], lat[rows], lon[rows] = q_limit, q_lat, q_lon
+    if posted_here:
         posted = batch.asof(POSTED_LIMIT, s.vehicle, s.t, max_age_ms=int(cfg["posted_limit_max_age_ms"]))
         limit = np.where(posted > 0, np.fmin(limit, posted), limit)
-    cond = s.v > limit + float(cfg["tolerance_kmh"])
+    cond = s.v > limit + tolerance
     stored = ctx.states(batch.vehicles(SPEED))
     runs = ops.track_runs(s.vehicle, s.t, cond, s.v, max_gap_ms=int(cfg["max_gap_ms"]), carried=stored)
     if not len(runs):

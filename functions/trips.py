@@ -124,10 +124,10 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     first_fix = np.full(n, -1, np.int64)
     last_fix = np.full(n, -1, np.int64)
     if p is not None and len(p):
-        step = np.zeros(len(p))
-        same = ~ops.first_of_group(p.vehicle)
-        idx = np.flatnonzero(same)
-        step[idx] = ops.haversine_m(p.lat[idx - 1], p.lon[idx - 1], p.lat[idx], p.lon[idx])
+        step = np.zeros(len(p))  # metres from the vehicle's previous fix (0 at its first)
+        if len(p) > 1:
+            hop = ops.haversine_m(p.lat[:-1], p.lon[:-1], p.lat[1:], p.lon[1:])
+            step[1:] = np.where(p.vehicle[1:] == p.vehicle[:-1], hop, 0.0)
         lo, hi = ops.range_bounds(p.vehicle, p.t, piece_v, piece_start, end_t, space=space,
                                   skeys=batch.keys("@positions"))
         gps_m = ops.range_reduce(step, np.minimum(lo + 1, hi), hi, "sum")
@@ -162,9 +162,11 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         fields = (*COUNTERS, "max_speed", "last_lat", "last_lon", "start_lat", "start_lon", "start_odo",
                   "start_soc", "start_fuel")
         pick = operator.itemgetter(*fields)
-        need = set(fields)
-        table = np.array([pick(st) if need <= st.keys() else tuple(st.get(f) for f in fields)
-                          for st in sts], dtype=np.float64).reshape(len(sts), len(fields))  # None -> NaN
+        try:
+            picked = [pick(st) for st in sts]
+        except KeyError:  # a state without some field (stored by an older version): absent = None
+            picked = [tuple(st.get(f) for f in fields) for st in sts]
+        table = np.array(picked, dtype=np.float64).reshape(len(sts), len(fields))  # None -> NaN
         column = {f: table[:, i] for i, f in enumerate(fields)}
 
         def col(key: str) -> np.ndarray:
@@ -240,11 +242,11 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
                    **{k: acc[k][keep] for k in COUNTERS},
                    "last_lat": last_lat[keep], "last_lon": last_lon[keep]}
         names = list(columns)
-        # NaN is stored as null (absent) by the state store's serialisation
-        for v, row in zip(piece_v[keep].tolist(), zip(*(c.tolist() for c in columns.values()), strict=True),
-                          strict=True):
-            updates[v] = dict(zip(names, row, strict=True))
-    ctx.save_states(updates)
+        # the values as the state store keeps them (plain Python, NaN as None), built by column
+        rows = zip(*(_plain(c) for c in columns.values()), strict=True)
+        updates.update(zip(piece_v[keep].tolist(), (dict(zip(names, row, strict=True)) for row in rows),
+                           strict=True))
+    ctx.save_states(updates, plain=True)
 
 
 def _event_sums(batch: HandlerInput, piece_v: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -273,6 +275,19 @@ def _event_sums(batch: HandlerInput, piece_v: np.ndarray, start: np.ndarray, end
             vals = np.nan_to_num(ev.data[field][sel].astype(np.float64)) if field in ev.data else np.zeros(sel.shape[0])
             out[key] = ops.range_reduce(vals, lo, hi, "sum")
     return out
+
+
+def _plain(column: np.ndarray) -> list[Any]:
+    """A column as Python values, NaN (and infinity) as None, which is what the state store's
+    serialisation makes of them."""
+    if column.dtype.kind != "f":
+        return column.tolist()
+    bad = ~np.isfinite(column)
+    if not bad.any():
+        return column.tolist()
+    out = column.astype(object)
+    out[bad] = None
+    return out.tolist()
 
 
 def _f(x: Any) -> float:

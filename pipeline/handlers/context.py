@@ -103,6 +103,7 @@ class BatchView:
         self._sid = {n: i for i, n in enumerate(clean.signal_names)}
         self._origin: IntArray | None = None
         self._blocks: tuple[IntArray, IntArray, IntArray] | None = None
+        self._block_vehicle: IntArray = np.empty(0, np.int64)  # vehicle of each block
         self._rows: dict[str, IntArray] = {}
         self._keys: dict[str, IntArray] = {}
         self._space: ops.KeySpace | None = None
@@ -111,6 +112,7 @@ class BatchView:
         self._first_record: IntArray | None = None
         self._vins_arr: npt.NDArray[np.object_] | None = None
         self._vehicles: dict[str, IntArray] = {}
+        self._fix_zones: dict[tuple[Zone, ...], IntArray] = {}
 
     @property
     def vins_array(self) -> npt.NDArray[np.object_]:
@@ -165,14 +167,8 @@ class BatchView:
         """Sorted distinct vehicle indexes that have readings of a signal in this batch."""
         out = self._vehicles.get(name)
         if out is None:
-            sid = self._sid.get(name, -1)
-            if sid < 0 or not len(self.clean):
-                out = np.empty(0, np.int64)
-            else:
-                starts, _, bsig = self.blocks()
-                # blocks are in (vehicle, signal) order: one block per vehicle, ascending
-                out = self.clean.vehicle[starts[bsig == sid]].astype(np.int64)
-            self._vehicles[name] = out
+            self._select([name])
+            out = self._vehicles[name]
         return out
 
     def blocks(self) -> tuple[IntArray, IntArray, IntArray]:
@@ -186,111 +182,110 @@ class BatchView:
             c = self.clean
             v, sig, t = c.vehicle, c.signal, c.t
             n = v.shape[0]
-            new_block = (v[1:] != v[:-1]) | (sig[1:] != sig[:-1])
-            change = np.flatnonzero(new_block) + 1
-            starts = np.concatenate([[0], change]).astype(np.int64)
+            if not n:
+                e = np.empty(0, np.int64)
+                self._blocks, self._block_vehicle = (e, e, e), e
+                return self._blocks
+            new_block = v[1:] != v[:-1]
+            new_block |= sig[1:] != sig[:-1]
             # time may only fall where a new block starts
-            ordered = bool(new_block[np.flatnonzero(np.diff(t) < 0)].all())
+            back = t[1:] < t[:-1]
+            ordered = not np.greater(back, new_block, out=back).any()
+            change = np.flatnonzero(new_block)
+            starts = np.empty(change.shape[0] + 1, np.int64)
+            starts[0] = 0
+            np.add(change, 1, out=starts[1:])
+            bveh, bsig = v[starts].astype(np.int64), sig[starts].astype(np.int64)
             if ordered and starts.shape[0] > 1:
-                bv, bs = v[starts], sig[starts]
-                dv = np.diff(bv)
-                ordered = bool(((dv > 0) | ((dv == 0) & (np.diff(bs) > 0))).all())
+                # each (vehicle, signal) pair is one block: the pairs strictly increase
+                lo = int(bsig.min())
+                key = bveh * (int(bsig.max()) - lo + 1) + (bsig - lo)
+                ordered = bool((key[1:] > key[:-1]).all())
             if not ordered:
                 self.clean = c.take(np.lexsort((t, sig, v)))
                 self._origin = None
                 return self.blocks()
-            ends = np.concatenate([change, [n]]).astype(np.int64)
-            self._blocks = (starts, ends, sig[starts].astype(np.int64))
+            ends = np.empty_like(starts)
+            ends[:-1] = starts[1:]
+            ends[-1] = n
+            self._blocks, self._block_vehicle = (starts, ends, bsig), bveh
         return self._blocks
 
     def rows(self, name: str) -> IntArray:
         """Row indexes of one signal in (vehicle, t) order."""
         rows = self._rows.get(name)
-        if rows is None and name in self._wanted:
-            self._select_wanted()
-            rows = self._rows.get(name)
         if rows is None:
-            sid = self._sid.get(name, -1)
-            if sid < 0 or not len(self.clean):
-                rows = np.empty(0, np.int64)
-            else:
-                starts, ends, bsig = self.blocks()
-                sel = np.flatnonzero(bsig == sid)
-                lengths = ends[sel] - starts[sel]
-                total = int(lengths.sum())
-                # concatenated aranges of the selected blocks
-                rows = np.ones(total, dtype=np.int64)
-                if total:
-                    pos = np.cumsum(lengths)[:-1]
-                    rows[0] = starts[sel[0]]
-                    rows[pos] = starts[sel[1:]] - (starts[sel[:-1]] + lengths[:-1] - 1)
-                    rows = np.cumsum(rows)
-            self._rows[name] = rows
+            self._select([name])
+            rows = self._rows[name]
         return rows
-
-    def _select_wanted(self) -> None:
-        """Rows and series of every wanted signal in one pass: one gather of the batch's
-        columns for all of them, each signal's arrays a slice of it."""
-        names = [n for n in self._wanted if n not in self._rows or n not in self._series]
-        self._wanted = frozenset()
-        sids = {self._sid[n]: n for n in names if n in self._sid}
-        for n in names:
-            if n not in self._sid:
-                self._rows.setdefault(n, np.empty(0, np.int64))
-                self._series.setdefault(n, SignalSeries.empty())
-        if not sids:
-            return
-        if not len(self.clean):
-            for n in sids.values():
-                self._rows.setdefault(n, np.empty(0, np.int64))
-                self._series.setdefault(n, SignalSeries.empty())
-            return
-        starts, ends, bsig = self.blocks()
-        c = self.clean  # after blocks(), which may have put it in order
-        lut = np.zeros(max(len(self._sid), int(bsig.max()) + 1), dtype=bool)
-        lut[list(sids)] = True
-        sel = np.flatnonzero(lut[bsig])
-        # blocks of one signal keep their (vehicle) order; signals follow one another
-        sel = sel[np.argsort(bsig[sel], kind="stable")]
-        bstart, lengths = starts[sel], ends[sel] - starts[sel]
-        total = int(lengths.sum())
-        rows_all = np.ones(total, dtype=np.int64)
-        if total:
-            pos = np.cumsum(lengths)[:-1]
-            rows_all[0] = bstart[0]
-            rows_all[pos] = bstart[1:] - (bstart[:-1] + lengths[:-1] - 1)
-            rows_all = np.cumsum(rows_all)
-        vehicle_all = np.repeat(c.vehicle[bstart].astype(np.int64), lengths)
-        t_all, v_all = c.t[rows_all], c.value[rows_all]
-        per_sig = np.bincount(bsig[sel], weights=lengths, minlength=lut.shape[0]).astype(np.int64)
-        offset = 0
-        for sid in sorted(sids):
-            name, k = sids[sid], int(per_sig[sid])
-            part = slice(offset, offset + k)
-            offset += k
-            rows = rows_all[part]
-            self._rows[name] = rows
-            self._series[name] = (SignalSeries(vehicle_all[part], t_all[part], v_all[part], rows=rows,
-                                               record_of=self._record_of)
-                                  if k else SignalSeries.empty())
 
     def series(self, name: str) -> SignalSeries:
         s = self._series.get(name)
-        if s is None and name in self._wanted:
-            self._select_wanted()
-            s = self._series.get(name)
         if s is None:
-            rows = self.rows(name)
-            if not rows.shape[0]:
-                s = SignalSeries.empty()
-            else:
-                c = self.clean
-                starts, ends, bsig = self.blocks()
-                sel = np.flatnonzero(bsig == self._sid[name])
-                vehicle = np.repeat(c.vehicle[starts[sel]].astype(np.int64), ends[sel] - starts[sel])
-                s = SignalSeries(vehicle, c.t[rows], c.value[rows], rows=rows, record_of=self._record_of)
-            self._series[name] = s
+            self._select([name])
+            s = self._series[name]
         return s
+
+    def _select(self, names: Iterable[str]) -> None:
+        """Rows, series and vehicles of signals not selected yet. The first call also takes
+        every wanted signal, so the batch's columns are gathered once for all of them, each
+        signal's arrays a slice of that gather."""
+        todo = {n for n in (*names, *self._wanted) if n not in self._series}
+        self._wanted = frozenset()
+        sids = {self._sid[n]: n for n in todo if n in self._sid}
+        empty = np.empty(0, np.int64)
+        missing = [n for n in todo if n not in self._sid]
+        if sids and len(self.clean):
+            missing += self._gather(sids)
+        else:
+            missing += list(sids.values())
+        for n in missing:  # signals without readings in this batch
+            self._rows[n] = empty
+            self._series[n] = SignalSeries.empty()
+            self._vehicles[n] = empty
+
+    def _gather(self, sids: dict[int, str]) -> list[str]:
+        """Gather the readings of the given signals (by signal index); returns the names without any."""
+        starts, ends, bsig = self.blocks()
+        c = self.clean  # after blocks(), which may have put it in order
+        if len(sids) == 1:
+            sel = np.flatnonzero(bsig == next(iter(sids)))
+        else:
+            lut = np.zeros(max(len(self._sid), int(bsig.max()) + 1), dtype=bool)
+            lut[list(sids)] = True
+            sel = np.flatnonzero(lut[bsig])
+            # blocks of one signal keep their (vehicle) order; signals follow one another
+            sel = sel[np.argsort(bsig[sel], kind="stable")]
+        if not sel.shape[0]:
+            return list(sids.values())
+        bstart = starts[sel]
+        lengths = ends[sel] - bstart
+        before = np.cumsum(lengths)
+        total = int(before[-1])
+        before -= lengths  # rows of the selected blocks before each block
+        # row of each selected reading: its block's start plus its place within the block
+        rows_all = np.repeat(bstart - before, lengths)
+        rows_all += np.arange(total)
+        bveh = self._block_vehicle[sel]
+        vehicle_all = np.repeat(bveh, lengths)
+        t_all, v_all = c.t[rows_all], c.value[rows_all]
+        # each signal's blocks and rows: a slice of the selection
+        order = sorted(sids)
+        b_at = np.searchsorted(bsig[sel], order + [order[-1] + 1]).tolist()
+        r_at = [*before.tolist(), total]
+        missing = []
+        for k, sid in enumerate(order):
+            name, b0, b1 = sids[sid], b_at[k], b_at[k + 1]
+            if b0 == b1:
+                missing.append(name)
+                continue
+            part = slice(r_at[b0], r_at[b1])
+            rows = rows_all[part]
+            self._rows[name] = rows
+            self._series[name] = SignalSeries(vehicle_all[part], t_all[part], v_all[part], rows=rows,
+                                              record_of=self._record_of)
+            self._vehicles[name] = bveh[b0:b1]
+        return missing
 
     def positions(self) -> Positions:
         """Fixes: each latitude paired with the longitude nearest in time (within 1 s)."""
@@ -307,6 +302,24 @@ class BatchView:
                 self._positions = Positions(lat.vehicle[ok], lat.t[ok], lat.v[ok], lon.v[j[ok]], lat.record[ok])
         return self._positions
 
+    def nearest_fix(self, vehicle: npt.ArrayLike, t: npt.ArrayLike, max_dist_ms: int | None) -> IntArray:
+        """Index into `positions()` of the fix nearest each (vehicle, t), -1 where none is close enough."""
+        p = self.positions()
+        return ops.nearest_index(p.vehicle, p.t, vehicle, t, max_dist_ms=max_dist_ms, space=self.space,
+                                 skeys=self.keys("@positions"))
+
+    def fix_zones(self, zones: Sequence[Zone]) -> IntArray:
+        """Per fix of `positions()`: bit i set when the fix is inside zones[i] (cached per zone list)."""
+        key = tuple(zones)
+        mask = self._fix_zones.get(key)
+        if mask is None:
+            p = self.positions()
+            mask = np.zeros(len(p), dtype=np.int64)
+            for i, z in enumerate(key):
+                mask |= z.contains(p.lat, p.lon).astype(np.int64) << i
+            self._fix_zones[key] = mask
+        return mask
+
     def first_record(self) -> IntArray:
         """Per vehicle index: the earliest record index among its readings (-1 if none)."""
         if self._first_record is None:
@@ -315,9 +328,25 @@ class BatchView:
                 # the earliest record of a vehicle holds the first reading of one of its
                 # (vehicle, signal) blocks, so the blocks' first rows are enough
                 starts, _, _ = self.blocks()
-                np.minimum.at(out, self.clean.vehicle[starts].astype(np.int64), self._record_of(starts))
+                bveh = self._block_vehicle  # ascending: the blocks of a vehicle are adjacent
+                first = np.flatnonzero(ops.first_of_group(bveh))
+                out[bveh[first]] = np.minimum.reduceat(self._record_of(starts), first)
             self._first_record = np.where(out == np.iinfo(np.int64).max, -1, out)
         return self._first_record
+
+
+_SIGNALS: dict[int, tuple[HandlerSpec, tuple[str, ...], frozenset[str]]] = {}
+
+
+def _signals_of(spec: HandlerSpec) -> tuple[tuple[str, ...], frozenset[str]]:
+    """`spec.all_signals()` and that as a set, worked out once per spec rather than per call."""
+    hit = _SIGNALS.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_SIGNALS) > 1024:  # specs of reloaded handlers: start over rather than grow
+            _SIGNALS.clear()
+        names = spec.all_signals()
+        hit = _SIGNALS[id(spec)] = (spec, names, frozenset(names))
+    return hit[1], hit[2]
 
 
 class HandlerInput:
@@ -326,9 +355,20 @@ class HandlerInput:
     def __init__(self, view: BatchView, spec: HandlerSpec, events: EventBatch | None = None) -> None:
         self._view = view
         self.spec = spec
-        self._allowed = set(spec.all_signals())
-        self.events = events if events is not None else EventBatch.empty()
+        self._signals, self._allowed = _signals_of(spec)
+        self._events = events
         self._readings: Readings | None = None
+
+    @property
+    def events(self) -> EventBatch:
+        """The consumed events of this batch (emitted by handlers that ran before this one)."""
+        if self._events is None:
+            self._events = EventBatch.empty()  # made only for handlers that look
+        return self._events
+
+    @events.setter
+    def events(self, events: EventBatch) -> None:
+        self._events = events
 
     @property
     def vins(self) -> list[str]:
@@ -342,7 +382,7 @@ class HandlerInput:
     def readings(self) -> Readings:
         """Clean readings of the consumed signals, in (vehicle, signal, t) order."""
         if self._readings is None:
-            parts = [self._view.rows(n) for n in self.spec.all_signals()]
+            parts = [self._view.rows(n) for n in self._signals]
             rows = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
             self._readings = self._view.clean.take(rows)
         return self._readings
@@ -357,13 +397,14 @@ class HandlerInput:
 
     def input_records(self) -> IntArray:
         """Distinct record indexes this handler reads from (its readings and events)."""
-        parts = [self._view.series(n).record for n in self.spec.all_signals()]
-        if len(self.events):
-            parts.append(self.events.origin)
+        parts = [self._view.series(n).record for n in self._signals]
+        if self._events is not None and len(self._events):
+            parts.append(self._events.origin)
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
     def rows_in(self) -> int:
-        return sum(len(self._view.rows(n)) for n in self.spec.all_signals()) + len(self.events)
+        rows = self._view.rows
+        return sum(len(rows(n)) for n in self._signals) + (len(self._events) if self._events is not None else 0)
 
     def _check(self, name: str) -> None:
         if name not in self._allowed:
@@ -421,11 +462,23 @@ class HandlerInput:
         if LAT not in self._allowed or LON not in self._allowed:
             n = np.asarray(t).shape[0]
             return np.full(n, np.nan), np.full(n, np.nan)
-        v = self._view
-        p = v.positions()
-        j = ops.nearest_index(p.vehicle, p.t, vehicle, t, max_dist_ms=max_dist_ms, space=v.space,
-                              skeys=v.keys("@positions"))
+        p = self._view.positions()
+        j = self._view.nearest_fix(vehicle, t, max_dist_ms)
         return ops.take_or_nan(p.lat, j), ops.take_or_nan(p.lon, j)
+
+    def nearest_fix(self, vehicle: npt.ArrayLike, t: npt.ArrayLike, *, max_dist_ms: int = 30_000) -> IntArray:
+        """Index into `positions()` of the fix nearest each (vehicle, t) (what `location` reads),
+        -1 where none is close enough."""
+        self._check(LAT)
+        self._check(LON)
+        return self._view.nearest_fix(vehicle, t, max_dist_ms)
+
+    def fix_zones(self, zones: Sequence[Zone]) -> IntArray:
+        """Per fix of `positions()`: bit i set when it is inside zones[i]. Computed once per batch
+        and zone list, so handlers testing the same zones share the work."""
+        self._check(LAT)
+        self._check(LON)
+        return self._view.fix_zones(zones)
 
     @property
     def space(self) -> ops.KeySpace:
@@ -446,8 +499,10 @@ class HandlerInput:
 
     def event_vehicle(self) -> IntArray:
         """Vehicle index (into `vins`) of each consumed event, -1 for events of unknown VINs."""
-        subj = self.events.attrs.get("subject")
-        if subj is None or not len(self.events):
+        if self._events is None or not len(self._events):
+            return np.empty(0, np.int64)
+        subj = self._events.attrs.get("subject")
+        if subj is None:
             return np.empty(0, np.int64)
         idx = self._view.vin_index
         return np.fromiter((idx.get(s, -1) for s in subj.tolist()), dtype=np.int64, count=len(subj))
@@ -517,10 +572,12 @@ class HandlerContext:
         got = sv.get_many([vins[i] for i in vs])
         return {i: s for i, s in zip(vs, got, strict=True) if s is not None}
 
-    def save_states(self, updates: Mapping[int, Mapping[str, Any] | None]) -> None:
-        """Write state by vehicle index; None or an empty dict deletes it."""
+    def save_states(self, updates: Mapping[int, Mapping[str, Any] | None], *, plain: bool = False) -> None:
+        """Write state by vehicle index; None or an empty dict deletes it.
+
+        `plain=True`: the values are already plain (see `StateView.put_many`) and are kept as given."""
         vins = self._view.vins
-        self.state.put_many({vins[v]: (value if value else None) for v, value in updates.items()})
+        self.state.put_many({vins[v]: (value if value else None) for v, value in updates.items()}, plain=plain)
 
     def emit(self, type: str, *, time: npt.ArrayLike, origin: npt.ArrayLike,
              vehicle: npt.ArrayLike | None = None, subject: npt.ArrayLike | None = None,

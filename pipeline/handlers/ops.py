@@ -43,6 +43,15 @@ def last_of_group(vehicle: npt.ArrayLike) -> BoolArray:
     return out
 
 
+def positions_of(sorted_keys: npt.ArrayLike, keys: npt.ArrayLike) -> tuple[IntArray, BoolArray]:
+    """(position of each key in an ascending array of distinct keys, whether it is there)."""
+    a, k = _i64(sorted_keys), _i64(keys)
+    pos = np.searchsorted(a, k)
+    if not a.shape[0]:
+        return pos, np.zeros(k.shape[0], dtype=bool)
+    return pos, (pos < a.shape[0]) & (a[np.minimum(pos, a.shape[0] - 1)] == k)
+
+
 def group_bounds(vehicle: npt.ArrayLike) -> tuple[IntArray, IntArray]:
     """(first, last) row index of each vehicle's block in an array sorted by vehicle."""
     return np.flatnonzero(first_of_group(vehicle)), np.flatnonzero(last_of_group(vehicle))

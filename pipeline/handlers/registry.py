@@ -140,6 +140,7 @@ class Registry:
 
     def __init__(self, specs: Sequence[HandlerSpec] = (), *, errors: Sequence[ConfigError] = ()) -> None:
         self._specs: dict[str, HandlerSpec] = {}
+        self._order: list[HandlerSpec] | None = None  # ordered(), until the next add
         self.errors: list[ConfigError] = list(errors)  # files that failed to load
         self.files: dict[str, list[str]] = {}  # source file -> handler names
         for spec in specs:
@@ -153,6 +154,7 @@ class Registry:
                               file=spec.source_file or None, line=spec.line or None,
                               rule=f"handler {spec.name}", field="name")
         self._specs[spec.name] = spec
+        self._order = None
         self.files.setdefault(spec.source_file, []).append(spec.name)
 
     def __contains__(self, name: object) -> bool:
@@ -199,6 +201,11 @@ class Registry:
 
     def ordered(self) -> list[HandlerSpec]:
         """Topological order by event dependencies, ties broken by name (deterministic)."""
+        if self._order is None:
+            self._order = self._topological()
+        return list(self._order)
+
+    def _topological(self) -> list[HandlerSpec]:
         producers: dict[str, set[str]] = {}
         for spec in self._specs.values():
             for ev in spec.emits:

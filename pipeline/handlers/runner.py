@@ -54,9 +54,14 @@ class HandlerStats:
     custom: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: HandlerStats) -> None:
-        for name in ("calls", "rows_in", "events_out", "errors", "timeouts", "retries",
-                     "quarantined", "dead_letters"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.calls += other.calls
+        self.rows_in += other.rows_in
+        self.events_out += other.events_out
+        self.errors += other.errors
+        self.timeouts += other.timeouts
+        self.retries += other.retries
+        self.quarantined += other.quarantined
+        self.dead_letters += other.dead_letters
         self.latency_s += other.latency_s
         for k, v in other.custom.items():
             self.custom[k] = self.custom.get(k, 0) + v
@@ -161,6 +166,7 @@ class HandlerRunner:
         self._executor: _Executor | None = None
         self._stuck: dict[str, threading.Event] = {}  # handler -> set when its late call returns
         self._lock = threading.Lock()
+        self._wanted_for: tuple[tuple[HandlerSpec, ...], frozenset[str]] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
     def update(self, registry: Registry, config: HandlerConfig | None = None) -> None:
@@ -204,7 +210,7 @@ class HandlerRunner:
         specs = [s for s in self.registry.ordered() if self.config.enabled(s.name)]
         if not specs:
             return HandlerRunResult(EventBatch.empty(), [], {})
-        view = BatchView(clean, records, wanted={n for s in specs for n in s.all_signals()})
+        view = BatchView(clean, records, wanted=self._wanted(specs))
         base = [events_in] if events_in is not None and len(events_in) else []
         with self._lock:
             for name in [n for n, ev in self._stuck.items() if ev.is_set()]:
@@ -226,6 +232,14 @@ class HandlerRunner:
             job = self._continue(job, i + 1)
             self._start(job, i + 1)
         return self._result(specs, job)
+
+    def _wanted(self, specs: list[HandlerSpec]) -> frozenset[str]:
+        """Every signal some handler of the batch reads (selected together once per batch)."""
+        key = tuple(specs)
+        if self._wanted_for is None or len(self._wanted_for[0]) != len(key) or any(
+                a is not b for a, b in zip(self._wanted_for[0], key, strict=True)):
+            self._wanted_for = (key, frozenset(n for s in specs for n in s.all_signals()))
+        return self._wanted_for[1]
 
     def _start(self, job: _Job, start: int) -> None:
         if self._executor is None or not self._executor.alive:
@@ -316,7 +330,10 @@ class HandlerRunner:
                 dead.extend(letters)
             elif out.events is not None and len(out.events):
                 outputs.append(out.events)
-            self.totals.setdefault(spec.name, HandlerStats()).add(out.stats)
+            total = self.totals.get(spec.name)
+            if total is None:
+                total = self.totals[spec.name] = HandlerStats()
+            total.add(out.stats)
         return HandlerRunResult(EventBatch.concat(outputs), dead, stats)
 
     def _dead_letters(self, spec: HandlerSpec, out: _Outcome) -> list[DeadLetter]:
@@ -366,17 +383,58 @@ class _Executor:
 
 
 def _events_for(spec: HandlerSpec, outputs: list[EventBatch]) -> EventBatch | None:
-    """The events of this batch so far that the handler consumes."""
+    """The events of this batch so far that the handler consumes.
+
+    The same as concatenating `outputs` (`EventBatch.concat`) and keeping the rows of the
+    consumed types, columns, dtypes and presence masks included, but only the kept rows
+    are copied.
+    """
     if not spec.events or not outputs:
         return None
-    wanted = np.asarray(spec.events, dtype=object)
-    if not any(len(b) and np.isin(b.attrs["type"], wanted).any() for b in outputs):
-        return None  # nothing it consumes so far: skip joining the outputs
-    so_far = EventBatch.concat(outputs)
-    if not len(so_far):
-        return None
-    mask = np.isin(so_far.attrs["type"], np.asarray(spec.events, dtype=object))
-    return so_far.take(mask) if mask.any() else None
+    wanted = set(spec.events)
+    parts = [b for b in outputs if len(b)]
+    masks: list[np.ndarray] = []
+    kept: list[int] = []
+    for b in parts:
+        types = b.attrs["type"].tolist()
+        m = np.fromiter((t in wanted for t in types), dtype=bool, count=len(types))
+        masks.append(m)
+        kept.append(int(m.sum()))
+    if not any(kept):
+        return None  # nothing it consumes so far
+    if len(parts) == 1:
+        return parts[0].take(masks[0])
+    return _concat_rows(parts, masks, kept)
+
+
+def _concat_rows(parts: list[EventBatch], masks: list[np.ndarray], kept: list[int]) -> EventBatch:
+    """`EventBatch.concat(parts).take(np.concatenate(masks))` without copying the dropped rows:
+    column order, dtypes (from every part) and presence masks come out the same."""
+    attr_names = list(dict.fromkeys(k for b in parts for k in b.attrs))
+    data_names = list(dict.fromkeys(k for b in parts for k in b.data))
+    live = [(b, m, n) for b, m, n in zip(parts, masks, kept, strict=True) if n]
+
+    def column(getter: str, name: str) -> np.ndarray:
+        kinds = [getattr(b, getter)[name] for b in parts if name in getattr(b, getter)]
+        dtype = np.result_type(*kinds) if all(k.dtype != object for k in kinds) else np.dtype(object)
+        chunks = []
+        for b, m, n in live:
+            src = getattr(b, getter)
+            if name in src:
+                chunks.append(src[name][m].astype(dtype, copy=False))
+            else:
+                chunks.append(np.full(n, None, dtype=object) if dtype == np.dtype(object) else np.zeros(n, dtype=dtype))
+        return np.concatenate(chunks)
+
+    attrs = {k: column("attrs", k) for k in attr_names}
+    data = {k: column("data", k) for k in data_names}
+    present: dict[str, np.ndarray] = {}
+    for name in data_names:
+        if all(name in b.data and name not in b.present for b in parts):
+            continue
+        present[name] = np.concatenate([b.is_present(name)[m] for b, m, _ in live])
+    return EventBatch(attrs=attrs, data=data, present=present,
+                      origin=np.concatenate([b.origin[m] for b, m, _ in live]))
 
 
 def _invoke(spec: HandlerSpec, inp: HandlerInput, ctx: HandlerContext) -> EventBatch:

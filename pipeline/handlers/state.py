@@ -176,8 +176,14 @@ class StateView:
         self._writes[vin] = plain
         self.bytes_written += size
 
-    def put_many(self, values: Mapping[str, Mapping[str, Any] | None]) -> None:
-        """`put` for many vehicles at once (one serialisation pass)."""
+    def put_many(self, values: Mapping[str, Mapping[str, Any] | None], *, plain: bool = False) -> None:
+        """`put` for many vehicles at once (one serialisation pass).
+
+        `plain=True` promises that every value is already what the store would keep: a dict
+        of str keys to str, int, float, bool, None and lists or dicts of those, with no NaN,
+        infinity or numpy types. Such values are still checked for size and serialisability,
+        but are kept as given instead of being rebuilt from their serialised form.
+        """
         live = {vin: v for vin, v in values.items() if v is not None}
         for vin, v in values.items():
             if v is None:
@@ -189,11 +195,16 @@ class StateView:
         except TypeError as exc:
             raise HandlerError(f"state of handler {self.handler} is not serialisable: {exc}") from exc
         limit = self._store.max_bytes
-        for vin, raw in zip(live, parts, strict=True):
-            if len(raw) > limit:
-                raise StateTooLarge(f"state for {state_key(self.handler, vin)} is {len(raw)} bytes, limit {limit}")
-        plain = orjson.loads(b"[" + b",".join(parts) + b"]")
-        for vin, value, raw in zip(live, plain, parts, strict=True):
+        sizes = [len(raw) for raw in parts]
+        if max(sizes) > limit:
+            vin, size = next((vin, n) for vin, n in zip(live, sizes, strict=True) if n > limit)
+            raise StateTooLarge(f"state for {state_key(self.handler, vin)} is {size} bytes, limit {limit}")
+        if plain and all(type(v) is dict for v in live.values()):
+            self._writes.update(live)  # type: ignore[arg-type]
+            self.bytes_written += sum(sizes)
+            return
+        plain_values = orjson.loads(b"[" + b",".join(parts) + b"]")
+        for vin, value, raw in zip(live, plain_values, parts, strict=True):
             if not isinstance(value, dict):
                 raise HandlerError(f"state for {state_key(self.handler, vin)} must be a dict")
             self._writes[vin] = value

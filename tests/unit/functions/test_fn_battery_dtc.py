@@ -61,3 +61,23 @@ def test_dtc_appeared_and_cleared(shipped) -> None:
     last = h.run({"V1": {DTC: (t + 120 * S, [1, 1, 1, 1, 1, 1])}})
     h.close()
     assert [(e["time"], e["dtc_count"], e["previous_count"]) for e in last.events_of()] == [(120000, 1, 3)]
+
+
+def test_episodes_are_per_vehicle_among_vehicles_that_are_never_low(shipped) -> None:
+    t = np.arange(6) * S
+    ok_v12 = (t, np.full(6, 12.6))
+    h = HandlerHarness(shipped("battery_alerts"))
+    first = h.run({"A": {SOC: (t, [30, 19, 18, 18, 18, 18]), V12: ok_v12},
+                   "B": {SOC: (t, np.full(6, 60.0)), V12: ok_v12},
+                   "C": {SOC: (t, np.full(6, 22.0)), V12: ok_v12}})
+    assert [(e["vin"], e["time"]) for e in first.events_of("fleet.battery.low_soc")] == [("A", 1000)]
+    t2 = t + 6 * S
+    # A stays low without a reading below 20 (in the hysteresis band), C drops, B stays fine
+    second = h.run({"A": {SOC: (t2, np.full(6, 22.0)), V12: (t2, np.full(6, 12.6))},
+                    "B": {SOC: (t2, np.full(6, 60.0)), V12: (t2, np.full(6, 12.6))},
+                    "C": {SOC: (t2, [22, 22, 19, 19, 30, 19]), V12: (t2, np.full(6, 12.6))}})
+    assert [(e["vin"], e["time"]) for e in second.events_of("fleet.battery.low_soc")] == [("C", 8000), ("C", 11000)]
+    t3 = t + 12 * S
+    third = h.run({"A": {SOC: (t3, [19, 26, 26, 19, 19, 19]), V12: (t3, np.full(6, 12.6))}})
+    h.close()
+    assert [(e["vin"], e["time"]) for e in third.events_of("fleet.battery.low_soc")] == [("A", 15000)]

@@ -94,3 +94,22 @@ def test_idling_across_batches(shipped) -> None:
     out = h.run({"V1": {SPEED: (t + 200 * S, v), RUNNING: (t + 200 * S, np.ones(20))}})
     h.close()
     assert [(e["time"], e["duration_s"]) for e in out.events_of()] == [(0, 340.0)]
+
+
+def test_zone_limits_hold_for_readings_slower_than_the_absolute_limit_only(shipped, shipped_zones) -> None:
+    """Only readings faster than the lowest zone limit are located; the result is unchanged."""
+    depot = next(z for z in shipped_zones if z.name == "depot-rabat")
+    t = np.arange(0, 40) * S
+    v = np.where(np.arange(40) % 4 == 0, 10.0, 28.0)  # mostly above the depot's 20 + 5, briefly below
+    v[30:] = 22.0  # still in the depot, within the tolerance
+    h = HandlerHarness(shipped("speeding"), zones=shipped_zones)
+    out = h.run({"V1": {SPEED: (t, v), LAT: (t, np.full(40, depot.lat)), LON: (t, np.full(40, depot.lon))}})
+    h.close()
+    assert out.events_of("fleet.driving.speeding") == []  # every 4th reading breaks the run into 3 s pieces
+    h = HandlerHarness(shipped("speeding"), config={"speeding": {"min_duration_ms": 2000}}, zones=shipped_zones)
+    out = h.run({"V1": {SPEED: (t, v), LAT: (t, np.full(40, depot.lat)), LON: (t, np.full(40, depot.lon))}})
+    h.close()
+    ev = out.events_of("fleet.driving.speeding")
+    assert [(e["time"], e["duration_ms"], e["limit_kmh"]) for e in ev] == [(k * S, 2000, 20.0) for k in (1, 5, 9, 13, 17,
+                                                                                                          21, 25)]
+    assert all(abs(e["location.lat"] - depot.lat) < 1e-9 for e in ev)

@@ -111,3 +111,39 @@ def test_states_returns_the_same_whether_few_or_many_vehicles_have_state() -> No
             got = ctx.states(asked)
             assert got == expect
             assert list(got) == sorted(got)
+
+
+def test_nearest_fix_and_fix_zones_agree_with_location_and_zone_tests() -> None:
+    from pipeline.handlers import handler
+    from pipeline.handlers.config import Zone
+    from pipeline.handlers.context import HandlerInput
+    from pipeline.handlers.registry import spec_of
+
+    lat_n, lon_n = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+
+    @handler(name="where", consumes=[lat_n, lon_n, "Vehicle.Speed"], emits=["fleet.test.where"])
+    def where(batch: object, ctx: object) -> None:
+        """Reads positions only."""
+
+    spec = spec_of(where)
+    assert spec is not None
+    rng = np.random.default_rng(4)
+    data = {}
+    for vin in ("A", "B", "C"):
+        t = np.sort(rng.choice(100_000, size=40, replace=False))
+        data[vin] = {lat_n: (t, 34.02 + rng.normal(0, 0.002, 40)), lon_n: (t, -6.84 + rng.normal(0, 0.002, 40)),
+                     "Vehicle.Speed": (t[::2] + 300, rng.uniform(0, 90, 20))}
+    readings, records = make_readings(data)
+    zones = (Zone("c", 34.02, -6.84, radius_m=150.0),
+             Zone("p", polygon=((34.019, -6.842), (34.022, -6.842), (34.022, -6.839))))
+    inp = HandlerInput(BatchView(readings, records), spec)
+    s, p = inp.signal("Vehicle.Speed"), inp.positions()
+    for max_ms in (200, 5_000):
+        fix = inp.nearest_fix(s.vehicle, s.t, max_dist_ms=max_ms)
+        lat, lon = inp.location(s.vehicle, s.t, max_dist_ms=max_ms)
+        assert np.array_equal(np.where(fix >= 0, p.lat[fix], np.nan), lat, equal_nan=True)
+        assert np.array_equal(np.where(fix >= 0, p.lon[fix], np.nan), lon, equal_nan=True)
+    bits = inp.fix_zones(zones)
+    assert inp.fix_zones(zones) is bits  # computed once per batch
+    for i, z in enumerate(zones):
+        assert np.array_equal((bits >> i) & 1 == 1, z.contains(p.lat, p.lon))

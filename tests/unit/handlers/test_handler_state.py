@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from pipeline.errors import HandlerError
@@ -83,3 +84,19 @@ def test_commit_of_many_writes_matches_one_by_one_puts() -> None:
     assert batched.dirty() == single.dirty() == {"h/A": {"n": 10}, "h/C": {"n": 3}, "h/B": None}
     assert sorted(batched.keys()) == sorted(single.keys()) == ["h/A", "h/C"]
     assert batched.count("h") == 2
+
+
+def test_plain_writes_keep_the_values_and_still_check_the_size() -> None:
+    values = {"A": {"n": 1, "x": 2.5, "s": "a", "none": None, "xs": [1, 2]}, "B": {"n": 2}}
+    plain, normalised = StateStore(), StateStore()
+    for store, flag in ((plain, True), (normalised, False)):
+        view = StateView(store, "h")
+        view.put_many({**values, "C": None}, plain=flag)
+        assert view.bytes_written == sum(len(orjson.dumps(v)) for v in values.values())
+        view.commit()
+    assert plain.dirty() == normalised.dirty() == {"h/A": values["A"], "h/B": values["B"]}
+    small = StateView(StateStore(max_bytes=16), "h")
+    with pytest.raises(StateTooLarge):
+        small.put_many({"A": {"n": 1}, "B": {"xs": list(range(50))}}, plain=True)
+    with pytest.raises(HandlerError):
+        StateView(StateStore(), "h").put_many({"A": {"obj": object()}}, plain=True)
