@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -40,8 +41,21 @@ _register_all()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. An unreachable broker or object store is one line naming
+    the endpoint and how to start the local services, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError
+    from urllib3.exceptions import MaxRetryError
+
+    from pipeline.config import get_settings
+
+    try:
+        app()
+    except KafkaConnectionError as exc:
+        sys.exit(f"error: cannot reach Kafka at {get_settings().kafka_bootstrap} ({exc}); "
+                 f"`scripts/services start` starts a local broker, KAFKA_BOOTSTRAP points elsewhere")
+    except MaxRetryError as exc:
+        sys.exit(f"error: cannot reach the object store at {get_settings().s3_endpoint} ({exc.reason}); "
+                 f"`scripts/services start` starts a local one, S3_ENDPOINT points elsewhere")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,11 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     stats = stats if stats is not None else ProduceStats()
     in_flight: collections.deque[asyncio.Future[Any]] = collections.deque()
     last_report = 0.0
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # a failed bootstrap leaves the client open
+        raise
     try:
         async for record, readings in as_async(items):
             wait = pacer.delay(record.timestamp_ms, readings)

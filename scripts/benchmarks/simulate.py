@@ -135,7 +135,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(stage("recording", lambda: recording(config, Path(tmp)), args.repeat))
     if not args.no_kafka:
-        rows += kafka_stages(config, args.repeat)
+        from aiokafka.errors import KafkaConnectionError
+
+        try:
+            rows += kafka_stages(config, args.repeat)
+        except KafkaConnectionError as exc:
+            sys.exit(f"the broker stages need Kafka at {Settings().kafka_bootstrap}: {exc}\n"
+                     f"start it with `scripts/services start`, or skip them with --no-kafka")
     result = {"vehicles": args.vehicles, "duration_s": args.duration, "stages": rows}
     if args.json:
         print(json.dumps(result, indent=2))
