@@ -52,247 +52,301 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     stop_ms, ctx_ms = int(cfg["stop_s"]) * 1000, int(cfg["context_ms"])
     stored = ctx.states(batch.vehicles(SPEED))
     n_vins = len(batch.vins)
+    s_vehicle, s_t = s.vehicle, s.t
+
+    # --- the open trips carried from earlier batches ----------------------------------------
+    nc = len(stored)
+    sts = list(stored.values())
+    carried_last = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
+    cv = np.fromiter(stored, dtype=np.int64, count=nc)  # ascending
+    c_start = np.empty(0, dtype=np.int64)
+    if nc:
+        carried_last[cv] = [int(st["last_moving_t"]) for st in sts]
+        c_start = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
 
     # --- boundaries among moving readings ---------------------------------------------
     mi = np.flatnonzero(s.v >= float(cfg["move_kmh"]))
-    mv, mt = s.vehicle[mi], s.t[mi]
-    carried_last = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
-    for v, st in stored.items():
-        carried_last[v] = int(st["last_moving_t"])
+    mv, mt = s_vehicle[mi], s_t[mi]
     # Late readings from before a vehicle's open trip (a delayed upload) must neither split
     # nor restart it: only movement after the trip's last known movement counts.
     newer = mt > carried_last[mv]
     if not newer.all():
         mi, mv, mt = mi[newer], mv[newer], mt[newer]
-    prev_t = np.empty_like(mt)
-    if mt.shape[0]:
+    m = mt.shape[0]
+    last_moving_of = carried_last.copy()
+    if m:
+        # first moving reading of each vehicle (its previous movement is the carried one)
+        # and its last (the vehicle's last movement)
+        change = np.flatnonzero(mv[1:] != mv[:-1])
+        firsts = np.empty(change.shape[0] + 1, dtype=np.int64)
+        firsts[0] = 0
+        np.add(change, 1, out=firsts[1:])
+        lasts = np.empty_like(firsts)
+        lasts[:-1] = change
+        lasts[-1] = m - 1
+        prev_t = np.empty_like(mt)
         prev_t[1:] = mt[:-1]
-        first_moving = ops.first_of_group(mv)
-        prev_t[first_moving] = carried_last[mv[first_moving]]
-    boundary = (prev_t == ops.NO_TIME) | (mt - prev_t >= stop_ms)
-    b_rows = mi[boundary]
+        prev_first = carried_last[mv[firsts]]
+        prev_t[firsts] = prev_first
+        boundary = mt - prev_t >= stop_ms
+        # only a first moving reading can follow "no movement" (the others follow a real time)
+        boundary[firsts] |= prev_first == ops.NO_TIME
+        bi = np.flatnonzero(boundary)
+        last_moving_of[mv[lasts]] = mt[lasts]
+        b_v, b_t, b_prev = mv[bi], mt[bi], prev_t[bi]
+        b_rec = s.record_at(mi[bi])
+    else:
+        b_v = b_t = b_prev = b_rec = np.empty(0, np.int64)
 
-    # --- trip pieces: a carried open trip, then one per new start ----------------------
-    cv = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    piece_v = np.concatenate([cv, s.vehicle[b_rows]])
-    piece_start = np.concatenate([np.array([int(stored[v]["start_t"]) for v in cv.tolist()], np.int64),
-                                  s.t[b_rows]])
-    piece_new = np.concatenate([np.zeros(cv.shape[0], bool), np.ones(b_rows.shape[0], bool)])
-    piece_start_rec = np.concatenate([np.full(cv.shape[0], -1, np.int64), s.record_at(b_rows)])
-    piece_prev_end = np.concatenate([np.full(cv.shape[0], ops.NO_TIME, np.int64), prev_t[boundary]])
-    order = np.lexsort((piece_start, piece_v))
-    piece_v, piece_start, piece_new = piece_v[order], piece_start[order], piece_new[order]
-    piece_start_rec, piece_prev_end = piece_start_rec[order], piece_prev_end[order]
-    n = piece_v.shape[0]
+    # --- trip pieces: a carried open trip, then one per new start, by (vehicle, start) -------
+    nb = b_v.shape[0]
+    n = nc + nb
     if not n:
         return
-    last_piece = ops.last_of_group(piece_v)
+    if nc and nb:
+        piece_v, piece_start = np.concatenate((cv, b_v)), np.concatenate((c_start, b_t))
+        order = np.lexsort((piece_start, piece_v))
+        piece_v, piece_start = piece_v[order], piece_start[order]
+        is_new = order >= nc
+        new_rows, carried_rows = np.flatnonzero(is_new), np.flatnonzero(~is_new)
+    elif nc:  # carried pieces are one per vehicle, in vehicle order
+        piece_v, piece_start = cv, c_start
+        new_rows, carried_rows = np.empty(0, np.int64), np.arange(nc)
+    else:  # new pieces come in (vehicle, t) order
+        piece_v, piece_start = b_v, b_t
+        new_rows, carried_rows = np.arange(nb), np.empty(0, np.int64)
+    # (new pieces keep their order among themselves, and carried ones theirs)
     end_t = np.full(n, END, dtype=np.int64)
     end_rec = np.full(n, -1, dtype=np.int64)
-    # a piece followed by another of the same vehicle ended at that start's previous movement
-    nxt = np.flatnonzero(~last_piece)
-    end_t[nxt] = piece_prev_end[nxt + 1]
-    end_rec[nxt] = piece_start_rec[nxt + 1]
+    if nb:
+        same = piece_v[1:] == piece_v[:-1]
+        nxt = np.flatnonzero(same)
+        if nxt.shape[0]:
+            # a piece followed by another of the same vehicle ended at that start's previous movement
+            prev_end = np.full(n, ops.NO_TIME, dtype=np.int64)
+            start_rec = np.full(n, -1, dtype=np.int64)
+            prev_end[new_rows], start_rec[new_rows] = b_prev, b_rec
+            end_t[nxt] = prev_end[nxt + 1]
+            end_rec[nxt] = start_rec[nxt + 1]
+            last_rows = np.flatnonzero(~same)
+            last_rows = np.append(last_rows, n - 1)
+        else:
+            last_rows = np.arange(n)
+    else:
+        last_rows = np.arange(n)
     # the last piece ends if the vehicle has been still for stop_s by its last reading
-    s_first, s_last = ops.group_bounds(s.vehicle)
-    last_t_of = np.full(n_vins, ops.NO_TIME, np.int64)
-    last_t_of[s.vehicle[s_last]] = s.t[s_last]
-    last_rec_of = np.full(n_vins, -1, np.int64)
-    last_rec_of[s.vehicle[s_last]] = s.record_at(s_last)
-    last_moving_of = carried_last.copy()
-    if mt.shape[0]:
-        lm = ops.last_of_group(mv)
-        last_moving_of[mv[lm]] = mt[lm]
-    lp = np.flatnonzero(last_piece)
-    lpv = piece_v[lp]
-    closes = last_t_of[lpv] - last_moving_of[lpv] >= stop_ms
-    end_t[lp[closes]] = last_moving_of[lpv[closes]]
-    end_rec[lp[closes]] = last_rec_of[lpv[closes]]
-    closed = end_t != END
-    start_rec = piece_start_rec.copy()
-    if (start_rec < 0).any():
-        start_rec[start_rec < 0] = batch.first_record(piece_v[start_rec < 0])
-    end_rec = np.where(end_rec >= 0, end_rec, start_rec)
+    s_last = np.flatnonzero(s_vehicle[1:] != s_vehicle[:-1])
+    s_last = np.append(s_last, s_vehicle.shape[0] - 1)
+    last_row_of = np.zeros(n_vins, dtype=np.int64)
+    last_row_of[s_vehicle[s_last]] = s_last
+    lpv = piece_v[last_rows]
+    lrow = last_row_of[lpv]  # every piece's vehicle has speed readings here
+    lmov = last_moving_of[lpv]
+    closes = np.flatnonzero(s_t[lrow] - lmov >= stop_ms)
+    if closes.shape[0]:
+        end_t[last_rows[closes]] = lmov[closes]
+        end_rec[last_rows[closes]] = s.record_at(lrow[closes])
+    closed_mask = end_t != END
+    closed = np.flatnonzero(closed_mask)
+    n_new, n_closed = new_rows.shape[0], closed.shape[0]
+    if n_closed and (end_rec[closed] < 0).any():  # ended before any reading of its own here
+        start_rec = np.full(n, -1, dtype=np.int64)
+        start_rec[new_rows] = b_rec
+        if (start_rec < 0).any():
+            start_rec[start_rec < 0] = batch.first_record(piece_v[start_rec < 0])
+        end_rec = np.where(end_rec >= 0, end_rec, start_rec)
 
     # --- what happened within each piece (this batch's share) --------------------------
+    # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-11 COUNTERS; 12-13 last fix
+    f = np.zeros((len(F_FIELDS), n))
     space = batch.space
-    vmax = ops.range_reduce(s.v, *ops.range_bounds(s.vehicle, s.t, piece_v, piece_start, end_t, space=space,
-                                                   skeys=batch.keys(SPEED)), "max")
-    counts = _event_sums(batch, piece_v, piece_start, end_t)
+    # [start, end] of every piece as a key range; ends as exclusive keys (key + 1: side="right")
+    qk = space.key(np.concatenate((piece_v, piece_v)), np.concatenate((piece_start, end_t)))
+    qk[n:] += 1
+    bounds = np.searchsorted(batch.keys(SPEED), qk)
+    lo = bounds[:n]
+    hi = np.maximum(bounds[n:], lo)
+    # max over each piece's readings (ranges [lo, hi) of one array; empty ones are NaN)
+    edges = np.empty(2 * n, dtype=np.int64)
+    edges[0::2], edges[1::2] = lo, hi
+    vmax = np.maximum.reduceat(np.append(s.v, np.nan), edges)[0::2]
+    f[5] = np.where(hi > lo, vmax, np.nan)
+    _event_sums(batch, piece_v, piece_start, end_t, f)
     p = batch.positions() if batch.has(LAT) and batch.has(LON) else None
-    gps_m = np.zeros(n)
-    first_fix = np.full(n, -1, np.int64)
-    last_fix = np.full(n, -1, np.int64)
+    first_fix = last_fix = None
     if p is not None and len(p):
         step = np.zeros(len(p))  # metres from the vehicle's previous fix (0 at its first)
         if len(p) > 1:
             hop = ops.haversine_m(p.lat[:-1], p.lon[:-1], p.lat[1:], p.lon[1:])
             step[1:] = np.where(p.vehicle[1:] == p.vehicle[:-1], hop, 0.0)
-        lo, hi = ops.range_bounds(p.vehicle, p.t, piece_v, piece_start, end_t, space=space,
-                                  skeys=batch.keys("@positions"))
-        gps_m = ops.range_reduce(step, np.minimum(lo + 1, hi), hi, "sum")
-        first_fix = np.where(hi > lo, lo, -1)
-        last_fix = np.where(hi > lo, hi - 1, -1)
+        bounds = np.searchsorted(batch.keys("@positions"), qk)
+        lo = bounds[:n]
+        hi = np.maximum(bounds[n:], lo)
+        cum = np.empty(len(p) + 1)
+        cum[0] = 0.0
+        np.cumsum(step if np.isfinite(step).all() else np.nan_to_num(step), out=cum[1:])
+        f[6] = cum[hi] - cum[np.minimum(lo + 1, hi)]
+        has_fix = hi > lo
+        first_fix = np.where(has_fix, lo, -1)
+        last_fix = np.where(has_fix, hi - 1, -1)
 
     # --- start values (new trips) and end values (closed trips) ------------------------
-    def values_at(rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...]:
-        """lat, lon, odometer, SoC and fuel nearest to t for the given pieces (NaN elsewhere)."""
-        out = [np.full(n, np.nan) for _ in range(5)]
-        if rows.shape[0]:
-            v, tq = piece_v[rows], t[rows]
-            out[0][rows], out[1][rows] = batch.location(v, tq, max_dist_ms=ctx_ms)
-            for k, name in ((2, ODOMETER), (3, SOC), (4, FUEL)):
-                if batch.has(name):
-                    out[k][rows] = batch.nearest(name, v, tq, max_dist_ms=ctx_ms)
-        return tuple(out)
-
-    start_lat, start_lon, start_odo, start_soc, start_fuel = values_at(np.flatnonzero(piece_new), piece_start)
-    end_lat, end_lon, end_odo, end_soc, end_fuel = values_at(np.flatnonzero(closed), end_t)
+    f[0:5, :] = np.nan
+    if n_new or n_closed:
+        rows = np.concatenate((new_rows, closed))
+        at = _values_at(batch, p, piece_v[rows], np.concatenate((piece_start[new_rows], end_t[closed])), ctx_ms)
+        f[0:5, new_rows] = at[:, :n_new]
+        end_values = at[:, n_new:]
 
     # --- merge with what the carried trips accumulated in earlier batches --------------
-    acc = {k: counts.get(k, np.zeros(n)) for k in COUNTERS}
-    acc["dist_m"] = gps_m
-    max_speed = vmax
-    carried_last_lat = carried_last_lon = np.empty(0)
-    trip_id = np.array([f"{vin}-{t}" for vin, t in zip(ctx.vin(piece_v).tolist(), piece_start.tolist(),
-                                                        strict=True)], dtype=object)
-    carried_rows = np.flatnonzero(~piece_new)
-    if carried_rows.shape[0]:
-        sts = [stored[v] for v in piece_v[carried_rows].tolist()]
-        fields = (*COUNTERS, "max_speed", "last_lat", "last_lon", "start_lat", "start_lon", "start_odo",
-                  "start_soc", "start_fuel")
-        pick = operator.itemgetter(*fields)
+    trip_id = np.empty(n, dtype=object)
+    if n_new:
+        nv = piece_v[new_rows]
+        trip_id[new_rows] = [f"{vin}-{t}" for vin, t in zip(ctx.vin(nv).tolist(), piece_start[new_rows].tolist(),
+                                                            strict=True)]
+    if nc:
+        pick = operator.itemgetter(*F_FIELDS)
         try:
             picked = [pick(st) for st in sts]
         except KeyError:  # a state without some field (stored by an older version): absent = None
-            picked = [tuple(st.get(f) for f in fields) for st in sts]
-        table = np.array(picked, dtype=np.float64).reshape(len(sts), len(fields))  # None -> NaN
-        column = {f: table[:, i] for i, f in enumerate(fields)}
-
-        def col(key: str) -> np.ndarray:
-            return column[key]
-
+            picked = [tuple(st.get(k) for k in F_FIELDS) for st in sts]
+        table = np.array(picked, dtype=np.float64).reshape(nc, len(F_FIELDS))  # None -> NaN
         trip_id[carried_rows] = [st["trip_id"] for st in sts]
-        counters = np.nan_to_num(table[:, :len(COUNTERS)])
-        for i, k in enumerate(COUNTERS):
-            acc[k][carried_rows] += counters[:, i]
-        max_speed[carried_rows] = np.fmax(max_speed[carried_rows], col("max_speed"))
+        f[6:12, carried_rows] += np.nan_to_num(table[:, 6:12]).T
+        f[5, carried_rows] = np.fmax(f[5, carried_rows], table[:, 5])
         if p is not None:
-            ff = first_fix[carried_rows]
-            ok = ff >= 0
-            bridge = ops.haversine_m(col("last_lat"), col("last_lon"), p.lat[np.maximum(ff, 0)] if len(p) else np.nan,
-                                     p.lon[np.maximum(ff, 0)] if len(p) else np.nan)
-            acc["dist_m"][carried_rows] += np.where(ok & ~np.isnan(bridge), bridge, 0.0)
-        for arr, key in ((start_lat, "start_lat"), (start_lon, "start_lon"), (start_odo, "start_odo"),
-                         (start_soc, "start_soc"), (start_fuel, "start_fuel")):
-            arr[carried_rows] = col(key)
-        carried_last_lat, carried_last_lon = col("last_lat"), col("last_lon")
+            ok = np.zeros(nc, dtype=bool)
+            lat2: Any = np.nan
+            lon2: Any = np.nan
+            if first_fix is not None:
+                ff = first_fix[carried_rows]
+                ok = ff >= 0
+                lat2, lon2 = p.lat[np.maximum(ff, 0)], p.lon[np.maximum(ff, 0)]
+            bridge = ops.haversine_m(table[:, 12], table[:, 13], lat2, lon2)
+            f[6, carried_rows] += np.where(ok & ~np.isnan(bridge), bridge, 0.0)
+        f[0:5, carried_rows] = table[:, 0:5].T
+        f[12:14, :] = np.nan
+        f[12:14, carried_rows] = table[:, 12:14].T
+    else:
+        f[12:14, :] = np.nan
 
     # --- events ------------------------------------------------------------------------
-    new = piece_new
-    if new.any():
-        ctx.emit("fleet.trip.started", time=piece_start[new], origin=start_rec[new], vehicle=piece_v[new],
-                 data={"trip_id": trip_id[new], "location.lat": start_lat[new], "location.lon": start_lon[new],
-                       "odometer_km": np.round(start_odo[new] / 1000.0, 3)})
-    if closed.any():
+    if n_new:
+        r = new_rows
+        ctx.emit("fleet.trip.started", time=piece_start[r], origin=b_rec, vehicle=piece_v[r],
+                 data={"trip_id": trip_id[r], "location.lat": f[0, r], "location.lon": f[1, r],
+                       "odometer_km": np.round(f[2, r] / 1000.0, 3)})
+    if n_closed:
         c = closed
+        start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5, c]
+        end_lat, end_lon, end_odo, end_soc, end_fuel = end_values
+        dist_m, n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:12, c]
         odo_km = (end_odo - start_odo) / 1000.0
-        distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), acc["dist_m"] / 1000.0, odo_km)
-        duration_s = (end_t - piece_start) / 1000.0
+        distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), dist_m / 1000.0, odo_km)
+        duration_s = (end_t[c] - piece_start[c]) / 1000.0
         energy = np.clip(start_soc - end_soc, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
         fuel = np.clip(start_fuel - end_fuel, 0, None) / 100.0 * float(cfg["fuel_tank_l"])
-        harsh = acc["n_braking"] + acc["n_acceleration"] + acc["n_cornering"]
-        ctx.emit("fleet.trip.ended", time=end_t[c], origin=end_rec[c], vehicle=piece_v[c],
-                 data={"trip_id": trip_id[c], "duration_s": duration_s[c],
-                       "distance_km": np.round(distance_km[c], 3), "energy_kwh": np.round(energy[c], 3),
-                       "fuel_l": np.round(fuel[c], 2), "harsh_events": harsh[c].astype(np.int64),
-                       "start.lat": start_lat[c], "start.lon": start_lon[c],
-                       "end.lat": end_lat[c], "end.lon": end_lon[c]})
+        harsh = n_braking + n_acceleration + n_cornering
+        end_time, origin, vehicle, ids = end_t[c], end_rec[c], piece_v[c], trip_id[c]
+        ctx.emit("fleet.trip.ended", time=end_time, origin=origin, vehicle=vehicle,
+                 data={"trip_id": ids, "duration_s": duration_s,
+                       "distance_km": np.round(distance_km, 3), "energy_kwh": np.round(energy, 3),
+                       "fuel_l": np.round(fuel, 2), "harsh_events": harsh.astype(np.int64),
+                       "start.lat": start_lat, "start.lon": start_lon,
+                       "end.lat": end_lat, "end.lon": end_lon})
         with np.errstate(divide="ignore", invalid="ignore"):
             rated = distance_km >= float(cfg["min_distance_km_for_rates"])
             per100 = np.where(rated, 100.0 / distance_km, np.nan)
             dur = np.where(duration_s > 0, duration_s, np.nan)
-            ctx.emit("fleet.behaviour.features", time=end_t[c], origin=end_rec[c], vehicle=piece_v[c],
-                     data={"trip_id": trip_id[c], "distance_km": np.round(distance_km[c], 3),
-                           "duration_s": duration_s[c],
-                           "mean_speed_kmh": np.round(distance_km[c] / (dur[c] / 3600.0), 2),
-                           "max_speed_kmh": np.round(max_speed[c], 1),
-                           "harsh_braking_per_100km": np.round(acc["n_braking"][c] * per100[c], 3),
-                           "harsh_accel_per_100km": np.round(acc["n_acceleration"][c] * per100[c], 3),
-                           "harsh_cornering_per_100km": np.round(acc["n_cornering"][c] * per100[c], 3),
-                           "speeding_share": np.round(np.clip(acc["speeding_ms"][c] / 1000.0 / dur[c], 0, 1), 4),
-                           "idle_share": np.round(np.clip(acc["idle_s"][c] / dur[c], 0, 1), 4),
-                           "energy_kwh_per_100km": np.round(energy[c] * per100[c], 3)})
+            ctx.emit("fleet.behaviour.features", time=end_time, origin=origin, vehicle=vehicle,
+                     data={"trip_id": ids, "distance_km": np.round(distance_km, 3),
+                           "duration_s": duration_s,
+                           "mean_speed_kmh": np.round(distance_km / (dur / 3600.0), 2),
+                           "max_speed_kmh": np.round(f[5, c], 1),
+                           "harsh_braking_per_100km": np.round(n_braking * per100, 3),
+                           "harsh_accel_per_100km": np.round(n_acceleration * per100, 3),
+                           "harsh_cornering_per_100km": np.round(n_cornering * per100, 3),
+                           "speeding_share": np.round(np.clip(speeding_ms / 1000.0 / dur, 0, 1), 4),
+                           "idle_share": np.round(np.clip(idle_s / dur, 0, 1), 4),
+                           "energy_kwh_per_100km": np.round(energy * per100, 3)})
 
     # --- state: open trips kept, closed ones dropped ------------------------------------
-    updates: dict[int, dict[str, Any] | None] = {v: None for v in stored}
-    keep = np.flatnonzero(~closed)
+    updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
+    keep = np.flatnonzero(~closed_mask)
     if keep.shape[0]:
-        last_lat, last_lon = np.full(n, np.nan), np.full(n, np.nan)
-        if carried_rows.shape[0]:
-            last_lat[carried_rows], last_lon[carried_rows] = carried_last_lat, carried_last_lon
-        if p is not None and len(p):
+        if last_fix is not None:
             has_fix = last_fix >= 0
-            last_lat = np.where(has_fix, p.lat[np.maximum(last_fix, 0)], last_lat)
-            last_lon = np.where(has_fix, p.lon[np.maximum(last_fix, 0)], last_lon)
-        columns = {"trip_id": trip_id[keep], "start_t": piece_start[keep],
-                   "last_moving_t": last_moving_of[piece_v[keep]], "start_lat": start_lat[keep],
-                   "start_lon": start_lon[keep], "start_odo": start_odo[keep], "start_soc": start_soc[keep],
-                   "start_fuel": start_fuel[keep], "max_speed": max_speed[keep],
-                   **{k: acc[k][keep] for k in COUNTERS},
-                   "last_lat": last_lat[keep], "last_lon": last_lon[keep]}
-        names = list(columns)
-        # the values as the state store keeps them (plain Python, NaN as None), built by column
-        rows = zip(*(_plain(c) for c in columns.values()), strict=True)
-        updates.update(zip(piece_v[keep].tolist(), (dict(zip(names, row, strict=True)) for row in rows),
-                           strict=True))
+            at_fix = np.maximum(last_fix, 0)
+            f[12] = np.where(has_fix, p.lat[at_fix], f[12])  # type: ignore[union-attr]
+            f[13] = np.where(has_fix, p.lon[at_fix], f[13])  # type: ignore[union-attr]
+        kept_v = piece_v[keep]
+        values = f[:, keep].T
+        bad = ~np.isfinite(values)
+        if bad.any():  # NaN (and infinity) as None, which is what the state store makes of them
+            values = values.astype(object)
+            values[bad] = None
+        # the values as the state store keeps them (plain Python), in the order of STATE_FIELDS
+        updates.update(zip(kept_v.tolist(), [
+            {"trip_id": i, "start_t": t0, "last_moving_t": tm, "start_lat": v[0], "start_lon": v[1],
+             "start_odo": v[2], "start_soc": v[3], "start_fuel": v[4], "max_speed": v[5], "dist_m": v[6],
+             "n_braking": v[7], "n_acceleration": v[8], "n_cornering": v[9], "speeding_ms": v[10],
+             "idle_s": v[11], "last_lat": v[12], "last_lon": v[13]}
+            for i, t0, tm, v in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
+                                    last_moving_of[kept_v].tolist(), values.tolist(), strict=True)], strict=True))
     ctx.save_states(updates, plain=True)
 
 
-def _event_sums(batch: HandlerInput, piece_v: np.ndarray, start: np.ndarray, end: np.ndarray
-                ) -> dict[str, np.ndarray]:
-    """Per piece: harsh-event counts by kind, speeding ms and idling s of events in its time range."""
-    n = piece_v.shape[0]
-    out = {k: np.zeros(n) for k in COUNTERS}
+# the float columns of the per-piece table, in the order the state lists them after
+# trip_id, start_t and last_moving_t
+F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "max_speed", *COUNTERS,
+            "last_lat", "last_lon")
+STATE_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)  # the state's keys, in order
+
+
+def _values_at(batch: HandlerInput, p: Any, v: np.ndarray, t: np.ndarray, ctx_ms: int) -> np.ndarray:
+    """Rows lat, lon, odometer, SoC and fuel nearest to each (v, t) within ctx_ms (NaN where none)."""
+    out = np.full((5, v.shape[0]), np.nan)
+    qk = batch.space.key(v, t)
+    if p is not None and len(p):
+        j = ops.nearest_rows(p.vehicle, p.t, batch.keys("@positions"), v, t, qk, max_dist_ms=ctx_ms)
+        out[0], out[1] = ops.take_or_nan(p.lat, j), ops.take_or_nan(p.lon, j)
+    for k, name in ((2, ODOMETER), (3, SOC), (4, FUEL)):
+        if batch.has(name):
+            sig = batch.signal(name)
+            j = ops.nearest_rows(sig.vehicle, sig.t, batch.keys(name), v, t, qk, max_dist_ms=ctx_ms)
+            out[k] = ops.take_or_nan(sig.v, j)
+    return out
+
+
+_KINDS = ((7, HARSH[0], None), (8, HARSH[1], None), (9, HARSH[2], None), (10, SPEEDING, "duration_ms"),
+          (11, IDLING, "duration_s"))
+
+
+def _event_sums(batch: HandlerInput, piece_v: np.ndarray, start: np.ndarray, end: np.ndarray,
+                out: np.ndarray) -> None:
+    """Per piece, into rows 7-11 of `out`: harsh-event counts by kind, speeding ms and idling s
+    of events in its time range."""
     ev = batch.events
     if not len(ev):
-        return out
-    ev_v = batch.event_vehicle()
+        return
     types = ev.attrs["type"]
-    for key, etype, field in (("n_braking", HARSH[0], None), ("n_acceleration", HARSH[1], None),
-                              ("n_cornering", HARSH[2], None), ("speeding_ms", SPEEDING, "duration_ms"),
-                              ("idle_s", IDLING, "duration_s")):
+    present = set(types.tolist())
+    if not any(etype in present for _, etype, _ in _KINDS):
+        return
+    ev_v = batch.event_vehicle()
+    for row, etype, field in _KINDS:
+        if etype not in present:
+            continue
         sel = np.flatnonzero((types == etype) & (ev_v >= 0))
         if not sel.shape[0]:
             continue
         t = ev.attrs["time"][sel]
         order = np.lexsort((t, ev_v[sel]))
-        sel, t = sel[order], t[order]
+        sel, t = sel[order], np.asarray(t[order], dtype=np.int64)
         lo, hi = ops.range_bounds(ev_v[sel], t, piece_v, start, end)
         if field is None:
-            out[key] = (hi - lo).astype(np.float64)
+            out[row] = (hi - lo).astype(np.float64)
         else:
             vals = np.nan_to_num(ev.data[field][sel].astype(np.float64)) if field in ev.data else np.zeros(sel.shape[0])
-            out[key] = ops.range_reduce(vals, lo, hi, "sum")
-    return out
+            out[row] = ops.range_reduce(vals, lo, hi, "sum")
 
-
-def _plain(column: np.ndarray) -> list[Any]:
-    """A column as Python values, NaN (and infinity) as None, which is what the state store's
-    serialisation makes of them."""
-    if column.dtype.kind != "f":
-        return column.tolist()
-    bad = ~np.isfinite(column)
-    if not bad.any():
-        return column.tolist()
-    out = column.astype(object)
-    out[bad] = None
-    return out.tolist()
-
-
-def _f(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def _num(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)

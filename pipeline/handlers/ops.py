@@ -92,7 +92,10 @@ def _space(st: IntArray, sv: IntArray, space: KeySpace | None, skeys: IntArray |
            *queries: npt.ArrayLike) -> tuple[KeySpace, IntArray]:
     if space is not None:
         return space, skeys if skeys is not None else space.key(sv, st)
-    ks = KeySpace(st, *queries)
+    # The samples' times only: query times outside them clamp to the vehicle's -inf/+inf
+    # slots, which orders them the same. Spanning the queries too would let an "open end"
+    # (far-future) query stretch the span until vehicle * span overflows int64.
+    ks = KeySpace(st)
     return ks, ks.key(sv, st)
 
 
@@ -401,3 +404,53 @@ def geohash_center(cells: list[str]) -> tuple[FloatArray, FloatArray]:
         lats.append((lat_lo + lat_hi) / 2)
         lons.append((lon_lo + lon_hi) / 2)
     return np.asarray(lats, np.float64), np.asarray(lons, np.float64)
+
+
+SMALL_QUERIES = 16  # up to this many queries, `nearest_rows` answers them in plain Python
+
+
+def nearest_rows(sv: npt.ArrayLike, st: npt.ArrayLike, skeys: IntArray, qv: npt.ArrayLike, qt: npt.ArrayLike,
+                 qkeys: IntArray, *, max_dist_ms: int | None = None) -> IntArray:
+    """`nearest_index` with the samples' keys and the queries' keys given, both in one `KeySpace`
+    (so a handler asking several signals about the same few (vehicle, t) computes the query keys
+    once): index of the sample of the same vehicle nearest in time to each query (the earlier on
+    a tie), -1 where there is none or none within `max_dist_ms`.
+
+    A few queries (at most `SMALL_QUERIES`) are answered in plain Python after one search, which
+    costs less than a dozen numpy calls on tiny arrays; the result is the same either way.
+    """
+    sv_, st_, qv_, qt_ = _i64(sv), _i64(st), _i64(qv), _i64(qt)
+    n, q = sv_.shape[0], qv_.shape[0]
+    if not n or not q:
+        return np.full(q, -1, dtype=np.int64)
+    right_all = np.searchsorted(skeys, qkeys, side="left")
+    if q > SMALL_QUERIES:  # as in nearest_index
+        right, left = right_all, right_all - 1
+        r_safe, l_safe = np.minimum(right, n - 1), np.maximum(left, 0)
+        r_ok = (right < n) & (sv_[r_safe] == qv_)
+        l_ok = (left >= 0) & (sv_[l_safe] == qv_)
+        big = np.iinfo(np.int64).max
+        r_dist = np.where(r_ok, np.abs(st_[r_safe] - qt_), big)
+        l_dist = np.where(l_ok, np.abs(qt_ - st_[l_safe]), big)
+        idx = np.where(l_dist <= r_dist, l_safe, r_safe)
+        dist = np.minimum(l_dist, r_dist)
+        ok = dist < big
+        if max_dist_ms is not None:
+            ok &= dist <= max_dist_ms
+        return np.where(ok, idx, -1)
+    out: list[int] = []
+    for r, v, t in zip(right_all.tolist(), qv_.tolist(), qt_.tolist(), strict=True):
+        left_d = right_d = None
+        if r > 0 and int(sv_[r - 1]) == v:
+            left_d = abs(t - int(st_[r - 1]))
+        if r < n and int(sv_[r]) == v:
+            right_d = abs(int(st_[r]) - t)
+        if left_d is not None and (right_d is None or left_d <= right_d):
+            best, d = r - 1, left_d
+        elif right_d is not None:
+            best, d = r, right_d
+        else:
+            out.append(-1)
+            continue
+        out.append(best if max_dist_ms is None or d <= max_dist_ms else -1)
+    return np.array(out, dtype=np.int64)

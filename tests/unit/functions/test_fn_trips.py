@@ -143,3 +143,72 @@ def test_late_readings_from_before_an_open_trip_do_not_break_it(shipped) -> None
     assert all(0 <= t < 4_102_444_800_000 for t in times), times
     assert out.events_of("fleet.trip.started") == []
     assert h.state.get("trips", "V1")["trip_id"] == "V1-10000000"  # type: ignore[index]
+
+
+def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> None:
+    # vehicle V1 carries an open trip into a batch where it pauses longer than stop_s and drives
+    # again; V2 (no trip yet) starts one in the same batch and V3 just keeps its open trip.
+    h = HandlerHarness(shipped("trips"))
+    t1 = np.arange(0, 60)
+    first = h.run({"V1": {SPEED: (t1 * S, np.full(60, 30.0))}, "V3": {SPEED: (t1 * S, np.full(60, 30.0))}})
+    assert [e["trip_id"] for e in first.events_of("fleet.trip.started")] == ["V1-0", "V3-0"]
+    t2 = np.concatenate([np.arange(60, 100), np.arange(1000, 1050)])
+    t3 = np.arange(60, 120)
+    out = h.run({"V1": {SPEED: (t2 * S, np.full(t2.shape[0], 30.0))},
+                 "V2": {SPEED: (t3 * S, np.full(60, 20.0))},
+                 "V3": {SPEED: (t3 * S, np.full(60, 25.0))}})
+    h.close()
+    [ended] = out.events_of("fleet.trip.ended")
+    assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)
+    [feat] = out.events_of("fleet.behaviour.features")
+    assert feat["trip_id"] == "V1-0" and feat["max_speed_kmh"] == 30.0
+    assert [(e["trip_id"], e["time"]) for e in out.events_of("fleet.trip.started")] == [
+        ("V1-1000000", 1_000_000), ("V2-60000", 60_000)]
+    states = {vin: h.state.get("trips", vin) for vin in ("V1", "V2", "V3")}
+    assert {vin: (st["trip_id"], st["start_t"], st["last_moving_t"], st["max_speed"])  # type: ignore[index]
+            for vin, st in states.items()} == {"V1": ("V1-1000000", 1_000_000, 1_049_000, 30.0),
+                                               "V2": ("V2-60000", 60_000, 119_000, 20.0),
+                                               "V3": ("V3-0", 0, 119_000, 30.0)}
+    assert list(states["V3"]) == ["trip_id", "start_t", "last_moving_t", "start_lat", "start_lon",  # type: ignore[arg-type]
+                                  "start_odo", "start_soc", "start_fuel", "max_speed", "dist_m", "n_braking",
+                                  "n_acceleration", "n_cornering", "speeding_ms", "idle_s", "last_lat", "last_lon"]
+
+
+def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
+    """A stored trip missing the optional fields (absent = unknown) is carried on and ended."""
+    from pipeline.handlers.state import StateStore
+
+    store = StateStore()
+    store.load([("trips/V1", {"trip_id": "V1-0", "start_t": 0, "last_moving_t": 49_000, "dist_m": 100.0})])
+    h = HandlerHarness(shipped("trips"), state=store)
+    t = np.arange(50, 500)
+    [ended] = h.run({"V1": {SPEED: (t * S, np.where(t < 100, 40.0, 0.0))}}).events_of("fleet.trip.ended")
+    h.close()
+    assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)
+    assert ended["distance_km"] == 0.1  # what the stored trip had accumulated; no GPS here
+    assert h.state.get("trips", "V1") is None
+
+
+def test_harsh_counts_of_open_trips_are_per_vehicle_with_many_vehicles(shipped) -> None:
+    """Eight vehicles, one harsh braking each while their trips are open: each trip counts one.
+
+    (Events are counted into open trips up to an "open end" far in the future; that end
+    once stretched the join's key space until vehicle * span overflowed int64, giving
+    counts like [1, 1, 6, 0, 0, 0, 0, 0].)"""
+    t_all = np.arange(0, 900)
+    moving = (t_all >= 10) & (t_all < 400)
+    vins = [f"V{i}" for i in range(8)]
+
+    def part(lo: int, hi: int, brake: bool) -> dict:
+        sel = (t_all >= lo) & (t_all < hi)
+        return {v: drive(t_all[sel], moving[sel], [100 + 10 * i] if brake else []) for i, v in enumerate(vins)}
+
+    h = HandlerHarness(shipped("harsh_driving"), shipped("speeding"), shipped("idling"), shipped("trips"))
+    first = h.run(part(0, 300, brake=True))
+    assert len(first.events_of("fleet.driving.harsh_braking")) == 8
+    assert [h.state.get("trips", v)["n_braking"] for v in vins] == [1] * 8
+    second = h.run(part(300, 900, brake=False))
+    h.close()
+    ended = sorted(second.events_of("fleet.trip.ended"), key=lambda e: e["subject"])
+    assert [e["subject"] for e in ended] == vins
+    assert [e["harsh_events"] for e in ended] == [1] * 8

@@ -77,3 +77,15 @@ def test_geohash_matches_the_reference_example_and_centre_round_trips() -> None:
     lat, lon = ops.geohash_center(cells)
     assert ops.geohash(lat, lon, 5).tolist() == cells
     assert abs(lat[0] - 34.0209) < 0.03 and abs(lon[0] + 6.8416) < 0.03
+
+
+def test_range_bounds_with_open_ended_queries_and_many_vehicles() -> None:
+    """A far-future range end (an open trip) must not stretch the key space into overflow."""
+    n = 8
+    sv = np.arange(n).repeat(2)  # two samples per vehicle
+    st = np.tile([1_700_000_000_000, 1_700_000_060_000], n)
+    open_end = np.full(n, np.iinfo(np.int64).max // 4)
+    lo, hi = ops.range_bounds(sv, st, np.arange(n), np.full(n, 1_700_000_030_000), open_end)
+    assert (hi - lo).tolist() == [1] * n
+    lo, hi = ops.range_bounds(sv, st, np.arange(n), np.full(n, ops.NO_TIME + 1), open_end)
+    assert (hi - lo).tolist() == [2] * n
