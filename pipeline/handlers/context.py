@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ from pipeline.handlers.state import StateView
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+_T = TypeVar("_T")
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 POSITION_PAIR_MS = 1000  # a latitude and a longitude this close in time form one fix
 
@@ -165,11 +166,7 @@ class BatchView:
 
     def vehicles_of(self, name: str) -> IntArray:
         """Sorted distinct vehicle indexes that have readings of a signal in this batch."""
-        out = self._vehicles.get(name)
-        if out is None:
-            self._select([name])
-            out = self._vehicles[name]
-        return out
+        return self._selected(self._vehicles, name)
 
     def blocks(self) -> tuple[IntArray, IntArray, IntArray]:
         """(start, end, signal) of every (vehicle, signal) block.
@@ -213,18 +210,18 @@ class BatchView:
 
     def rows(self, name: str) -> IntArray:
         """Row indexes of one signal in (vehicle, t) order."""
-        rows = self._rows.get(name)
-        if rows is None:
-            self._select([name])
-            rows = self._rows[name]
-        return rows
+        return self._selected(self._rows, name)
 
     def series(self, name: str) -> SignalSeries:
-        s = self._series.get(name)
-        if s is None:
+        return self._selected(self._series, name)
+
+    def _selected(self, cache: dict[str, _T], name: str) -> _T:
+        """One signal's entry of a per-signal cache, selecting the signal on first use."""
+        out = cache.get(name)
+        if out is None:
             self._select([name])
-            s = self._series[name]
-        return s
+            out = cache[name]
+        return out
 
     def _select(self, names: Iterable[str]) -> None:
         """Rows, series and vehicles of signals not selected yet. The first call also takes

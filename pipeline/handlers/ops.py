@@ -130,6 +130,14 @@ def nearest_index(sv: npt.ArrayLike, st: npt.ArrayLike, qv: npt.ArrayLike, qt: n
         return np.full(qv_.shape[0], -1, dtype=np.int64)
     ks, keys = _space(st_, sv_, space, skeys, qt_)
     right = np.searchsorted(keys, ks.key(qv_, qt_), side="left")
+    return _nearest_of(sv_, st_, qv_, qt_, right, max_dist_ms)
+
+
+def _nearest_of(sv_: IntArray, st_: IntArray, qv_: IntArray, qt_: IntArray, right: IntArray,
+                max_dist_ms: int | None) -> IntArray:
+    """Given each query's insertion point among the samples' keys, the nearer of the samples
+    either side of it that belong to the query's vehicle (the earlier on a tie), else -1."""
+    n = sv_.shape[0]
     left = right - 1
     r_safe, l_safe = np.minimum(right, n - 1), np.maximum(left, 0)
     r_ok = (right < n) & (sv_[r_safe] == qv_)
@@ -424,20 +432,8 @@ def nearest_rows(sv: npt.ArrayLike, st: npt.ArrayLike, skeys: IntArray, qv: npt.
     if not n or not q:
         return np.full(q, -1, dtype=np.int64)
     right_all = np.searchsorted(skeys, qkeys, side="left")
-    if q > SMALL_QUERIES:  # as in nearest_index
-        right, left = right_all, right_all - 1
-        r_safe, l_safe = np.minimum(right, n - 1), np.maximum(left, 0)
-        r_ok = (right < n) & (sv_[r_safe] == qv_)
-        l_ok = (left >= 0) & (sv_[l_safe] == qv_)
-        big = np.iinfo(np.int64).max
-        r_dist = np.where(r_ok, np.abs(st_[r_safe] - qt_), big)
-        l_dist = np.where(l_ok, np.abs(qt_ - st_[l_safe]), big)
-        idx = np.where(l_dist <= r_dist, l_safe, r_safe)
-        dist = np.minimum(l_dist, r_dist)
-        ok = dist < big
-        if max_dist_ms is not None:
-            ok &= dist <= max_dist_ms
-        return np.where(ok, idx, -1)
+    if q > SMALL_QUERIES:
+        return _nearest_of(sv_, st_, qv_, qt_, right_all, max_dist_ms)
     out: list[int] = []
     for r, v, t in zip(right_all.tolist(), qv_.tolist(), qt_.tolist(), strict=True):
         left_d = right_d = None
