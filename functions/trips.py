@@ -182,10 +182,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         bounds = np.searchsorted(batch.keys("@positions"), qk)
         lo = bounds[:n]
         hi = np.maximum(bounds[n:], lo)
-        cum = np.empty(len(p) + 1)
-        cum[0] = 0.0
-        np.cumsum(step if np.isfinite(step).all() else np.nan_to_num(step), out=cum[1:])
-        f[6] = cum[hi] - cum[np.minimum(lo + 1, hi)]
+        f[6] = ops.range_sum(step, np.minimum(lo + 1, hi), hi)  # the hops between the piece's fixes
         has_fix = hi > lo
         first_fix = np.where(has_fix, lo, -1)
         last_fix = np.where(has_fix, hi - 1, -1)

@@ -172,6 +172,26 @@ def range_bounds(sv: npt.ArrayLike, st: npt.ArrayLike, qv: npt.ArrayLike, t0: np
     return lo.astype(np.int64), np.maximum(hi, lo).astype(np.int64)
 
 
+def range_sum(values: npt.ArrayLike, lo: IntArray, hi: IntArray) -> FloatArray:
+    """Per range [lo, hi): the sum of values (NaN counting as 0; 0 for an empty range).
+
+    Each range is summed over its own rows only, so a vehicle's sum does not depend on what
+    other vehicles share the batch (a running total across the batch would differ in the
+    last bits). Ranges may overlap and come in any order.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    lo_, hi_ = _i64(lo), _i64(hi)
+    out = np.zeros(lo_.shape[0])
+    nonempty = hi_ > lo_
+    if not nonempty.any():
+        return out
+    padded = np.append(v if np.isfinite(v).all() else np.nan_to_num(v), 0.0)
+    edges = np.empty(2 * int(nonempty.sum()), dtype=np.int64)
+    edges[0::2], edges[1::2] = lo_[nonempty], hi_[nonempty]
+    out[nonempty] = np.add.reduceat(padded, edges)[0::2]
+    return out
+
+
 def range_reduce(values: npt.ArrayLike, lo: IntArray, hi: IntArray, op: str) -> FloatArray:
     """Per range [lo, hi): "sum", "count", "max" or "min" of values (NaN for empty max/min).
 
@@ -180,10 +200,10 @@ def range_reduce(values: npt.ArrayLike, lo: IntArray, hi: IntArray, op: str) -> 
     """
     v = np.asarray(values, dtype=np.float64)
     n_q = lo.shape[0]
-    if op in ("sum", "count"):
-        src = np.ones_like(v) if op == "count" else np.nan_to_num(v)
-        cum = np.concatenate([[0.0], np.cumsum(src)])
-        return cum[hi] - cum[lo]
+    if op == "count":
+        return np.maximum(hi - lo, 0).astype(np.float64)
+    if op == "sum":
+        return range_sum(v, lo, hi)
     out = np.full(n_q, np.nan)
     nonempty = hi > lo
     if not nonempty.any() or not v.shape[0]:
