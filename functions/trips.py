@@ -10,6 +10,14 @@ energy from the fall in state of charge times `battery_capacity_kwh`; fuel from 
 in fuel level times `fuel_tank_l`. Harsh events, speeding and idling are counted from
 the events of the harsh_driving, speeding and idling handlers, which run before this one.
 At trip end it also emits `fleet.behaviour.features` for the recommendation service.
+
+Counts and distance cover the trip from its start to its end. While a trip is open, what
+comes after its last movement so far is kept apart (`pending_*` in state): it joins the
+trip if the vehicle moves again within `stop_s`, and is dropped if the trip turns out to
+have ended. The values at the end (location, odometer, SoC, fuel) are looked up in the
+batch that holds the last movement and kept in state. So the summary does not depend on
+how the stream was cut into batches, except that a start or end value is the reading
+nearest that time (within `context_ms`) among those in the deciding batch.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ END = np.iinfo(np.int64).max // 4  # "still open" end of a range
 
 # accumulated per open trip (state), summed over the batches the trip spans
 COUNTERS = ("dist_m", "n_braking", "n_acceleration", "n_cornering", "speeding_ms", "idle_s")
+# the same, for what came after the trip's last movement so far: it belongs to the trip only
+# if the vehicle moves again before stop_s (then it is added), else the trip ended before it
+PENDING = tuple(f"pending_{k}" for k in COUNTERS)
+# location, odometer, SoC and fuel level at the trip's last movement so far (looked up in the
+# batch that holds that movement), for a trip that ends batches later
+END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
 
 
 @handler(
@@ -157,21 +171,31 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         end_rec = np.where(end_rec >= 0, end_rec, start_rec)
 
     # --- what happened within each piece (this batch's share) --------------------------
-    # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-11 COUNTERS; 12-13 last fix
+    # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-11 COUNTERS; 12-13 last fix;
+    # 14-19 PENDING; 20-24 END_VALUES
     f = np.zeros((len(F_FIELDS), n))
     space = batch.space
-    # [start, end] of every piece as a key range; ends as exclusive keys (key + 1: side="right")
-    qk = space.key(np.concatenate((piece_v, piece_v)), np.concatenate((piece_start, end_t)))
+    # Counters run to the trip's end, which for an open trip is its last movement so far; what
+    # comes after is kept pending. So a trip counts the same however the stream is cut into
+    # batches (its end is only known stop_s later, usually batches later).
+    count_end = np.where(closed_mask, end_t, last_moving_of[piece_v])
+    # [start, end] of every piece as a key range, then [start, count_end]; ends as exclusive
+    # keys (key + 1: side="right")
+    qk = space.key(np.concatenate((piece_v, piece_v, piece_v)), np.concatenate((piece_start, end_t, count_end)))
     qk[n:] += 1
     bounds = np.searchsorted(batch.keys(SPEED), qk)
     lo = bounds[:n]
-    hi = np.maximum(bounds[n:], lo)
+    hi = np.maximum(bounds[n:2 * n], lo)
     # max over each piece's readings (ranges [lo, hi) of one array; empty ones are NaN)
     edges = np.empty(2 * n, dtype=np.int64)
     edges[0::2], edges[1::2] = lo, hi
     vmax = np.maximum.reduceat(np.append(s.v, np.nan), edges)[0::2]
     f[5] = np.where(hi > lo, vmax, np.nan)
-    _event_sums(batch, piece_v, piece_start, end_t, f)
+    _event_sums(batch, piece_v, piece_start, count_end, f)
+    if not closed_mask.all():  # after the last movement of open trips (closed ones: empty ranges)
+        after = np.zeros_like(f)
+        _event_sums(batch, piece_v, count_end + 1, np.where(closed_mask, count_end, END), after)
+        f[15:20] = after[7:12]
     p = batch.positions() if batch.has(LAT) and batch.has(LON) else None
     first_fix = last_fix = None
     if p is not None and len(p):
@@ -181,19 +205,30 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             step[1:] = np.where(p.vehicle[1:] == p.vehicle[:-1], hop, 0.0)
         bounds = np.searchsorted(batch.keys("@positions"), qk)
         lo = bounds[:n]
-        hi = np.maximum(bounds[n:], lo)
-        f[6] = ops.range_sum(step, np.minimum(lo + 1, hi), hi)  # the hops between the piece's fixes
+        hi = np.maximum(bounds[n:2 * n], lo)
+        hi_c = np.clip(bounds[2 * n:], lo, hi)  # fixes up to the counting end
+        # the hops between the piece's fixes: into fixes up to count_end, and after it
+        f[6] = ops.range_sum(step, np.minimum(lo + 1, hi_c), hi_c)
+        f[14] = ops.range_sum(step, np.maximum(np.minimum(lo + 1, hi), hi_c), hi)
         has_fix = hi > lo
         first_fix = np.where(has_fix, lo, -1)
+        first_fix_counts = hi_c > lo  # the first fix here is within the counting range
         last_fix = np.where(has_fix, hi - 1, -1)
 
-    # --- start values (new trips) and end values (closed trips) ------------------------
+    # --- start values (new trips), and end values where the last movement is in this batch ---
     f[0:5, :] = np.nan
-    if n_new or n_closed:
-        rows = np.concatenate((new_rows, closed))
-        at = _values_at(batch, p, piece_v[rows], np.concatenate((piece_start[new_rows], end_t[closed])), ctx_ms)
+    f[20:25, :] = np.nan
+    # the piece's own last movement (its end so far) is in this batch: always for new pieces, and
+    # for a carried trip that went on here (a later trip of the same vehicle does not count)
+    fresh = np.ones(n, dtype=bool)
+    if nc:
+        fresh[carried_rows] = count_end[carried_rows] > carried_last[cv]
+    ends = np.flatnonzero(fresh)
+    if n_new or ends.shape[0]:
+        rows = np.concatenate((new_rows, ends))
+        at = _values_at(batch, p, piece_v[rows], np.concatenate((piece_start[new_rows], count_end[ends])), ctx_ms)
         f[0:5, new_rows] = at[:, :n_new]
-        end_values = at[:, n_new:]
+        f[20:25, ends] = at[:, n_new:]
 
     # --- merge with what the carried trips accumulated in earlier batches --------------
     trip_id = np.empty(n, dtype=object)
@@ -210,18 +245,31 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         table = np.array(picked, dtype=np.float64).reshape(nc, len(F_FIELDS))  # None -> NaN
         trip_id[carried_rows] = [st["trip_id"] for st in sts]
         f[6:12, carried_rows] += np.nan_to_num(table[:, 6:12]).T
+        # earlier batches' pending share: the trip's if it moved again here, else still pending
+        # (and dropped if it ends here at its earlier last movement)
+        moved = fresh[carried_rows]
+        earlier = np.nan_to_num(table[:, 14:20]).T
+        f[6:12, carried_rows] += np.where(moved, earlier, 0.0)
+        f[14:20, carried_rows] += np.where(moved, 0.0, earlier)
         f[5, carried_rows] = np.fmax(f[5, carried_rows], table[:, 5])
         if p is not None:
             ok = np.zeros(nc, dtype=bool)
+            counts = np.zeros(nc, dtype=bool)
             lat2: Any = np.nan
             lon2: Any = np.nan
             if first_fix is not None:
                 ff = first_fix[carried_rows]
                 ok = ff >= 0
+                counts = first_fix_counts[carried_rows] | moved
                 lat2, lon2 = p.lat[np.maximum(ff, 0)], p.lon[np.maximum(ff, 0)]
+            # from the last fix before this batch to the first here: the trip's, or pending
             bridge = ops.haversine_m(table[:, 12], table[:, 13], lat2, lon2)
-            f[6, carried_rows] += np.where(ok & ~np.isnan(bridge), bridge, 0.0)
+            bridge = np.where(ok & ~np.isnan(bridge), bridge, 0.0)
+            f[6, carried_rows] += np.where(counts, bridge, 0.0)
+            f[14, carried_rows] += np.where(counts, 0.0, bridge)
         f[0:5, carried_rows] = table[:, 0:5].T
+        stale = carried_rows[~fresh[carried_rows]]  # no movement here: the stored end values hold
+        f[20:25, stale] = table[~fresh[carried_rows], 20:25].T
         f[12:14, :] = np.nan
         f[12:14, carried_rows] = table[:, 12:14].T
     else:
@@ -236,7 +284,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     if n_closed:
         c = closed
         start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5, c]
-        end_lat, end_lon, end_odo, end_soc, end_fuel = end_values
+        end_lat, end_lon, end_odo, end_soc, end_fuel = f[20:25, c]
         dist_m, n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:12, c]
         odo_km = (end_odo - start_odo) / 1000.0
         distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), dist_m / 1000.0, odo_km)
@@ -287,7 +335,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             {"trip_id": i, "start_t": t0, "last_moving_t": tm, "start_lat": v[0], "start_lon": v[1],
              "start_odo": v[2], "start_soc": v[3], "start_fuel": v[4], "max_speed": v[5], "dist_m": v[6],
              "n_braking": v[7], "n_acceleration": v[8], "n_cornering": v[9], "speeding_ms": v[10],
-             "idle_s": v[11], "last_lat": v[12], "last_lon": v[13]}
+             "idle_s": v[11], "last_lat": v[12], "last_lon": v[13], **dict(zip(PENDING + END_VALUES, v[14:25], strict=True))}
             for i, t0, tm, v in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
                                     last_moving_of[kept_v].tolist(), values.tolist(), strict=True)], strict=True))
     ctx.save_states(updates, plain=True)
@@ -296,7 +344,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
 # the float columns of the per-piece table, in the order the state lists them after
 # trip_id, start_t and last_moving_t
 F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "max_speed", *COUNTERS,
-            "last_lat", "last_lon")
+            "last_lat", "last_lon", *PENDING, *END_VALUES)
 STATE_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)  # the state's keys, in order
 
 

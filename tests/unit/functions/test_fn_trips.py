@@ -171,7 +171,10 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
                                                "V3": ("V3-0", 0, 119_000, 30.0)}
     assert list(states["V3"]) == ["trip_id", "start_t", "last_moving_t", "start_lat", "start_lon",  # type: ignore[arg-type]
                                   "start_odo", "start_soc", "start_fuel", "max_speed", "dist_m", "n_braking",
-                                  "n_acceleration", "n_cornering", "speeding_ms", "idle_s", "last_lat", "last_lon"]
+                                  "n_acceleration", "n_cornering", "speeding_ms", "idle_s", "last_lat", "last_lon",
+                                  "pending_dist_m", "pending_n_braking", "pending_n_acceleration",
+                                  "pending_n_cornering", "pending_speeding_ms", "pending_idle_s",
+                                  "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel"]
 
 
 def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
@@ -212,3 +215,31 @@ def test_harsh_counts_of_open_trips_are_per_vehicle_with_many_vehicles(shipped) 
     ended = sorted(second.events_of("fleet.trip.ended"), key=lambda e: e["subject"])
     assert [e["subject"] for e in ended] == vins
     assert [e["harsh_events"] for e in ended] == [1] * 8
+
+
+@pytest.mark.parametrize(("brake_s", "counted"), [(395, 1), (405, 0)])
+def test_events_after_the_last_movement_count_only_if_the_trip_goes_on(shipped, brake_s: int, counted: int) -> None:
+    """The trip ends at its last movement (399 s); the end is only known once the vehicle has
+    stood still for stop_s, two batches later. A harsh braking before the end belongs to the
+    trip; one after it does not, even though it arrives while the trip is still open."""
+    t_all = np.arange(0, 900)
+    moving = (t_all >= 10) & (t_all < 400)
+
+    full = drive(t_all, moving, [])
+
+    def part(lo: int, hi: int) -> dict:  # the 1 Hz signals cut from one drive; the braking burst
+        out = {k: (t[(t >= lo * S) & (t < hi * S)], np.asarray(v)[(t >= lo * S) & (t < hi * S)])
+               for k, (t, v) in full.items() if k not in (LONG, LAT_ACC)}
+        sel = (t_all >= lo) & (t_all < hi)
+        burst = drive(t_all[sel], moving[sel], [brake_s] if lo <= brake_s < hi else [])
+        out[LONG], out[LAT_ACC] = burst[LONG], burst[LAT_ACC]
+        return {"V1": out}
+
+    h = HandlerHarness(shipped("harsh_driving"), shipped("speeding"), shipped("idling"), shipped("trips"))
+    outs = [h.run(part(lo, hi)) for lo, hi in ((0, 390), (390, 410), (410, 900))]
+    h.close()
+    assert sum(len(o.events_of("fleet.driving.harsh_braking")) for o in outs) == 1
+    [ended] = outs[2].events_of("fleet.trip.ended")
+    assert ended["time"] == 399_000 and ended["harsh_events"] == counted
+    [feat] = outs[2].events_of("fleet.behaviour.features")
+    assert feat["harsh_braking_per_100km"] == pytest.approx(counted / 3.89 * 100, abs=1e-3)
