@@ -189,6 +189,10 @@ EXACT = {  # fields that must not depend on where the batches were cut
     "fleet.driving.harsh_braking": ("accel_ms2", "duration_ms"),
     "fleet.driving.harsh_acceleration": ("accel_ms2", "duration_ms"),
     "fleet.driving.harsh_cornering": ("accel_ms2", "duration_ms"),
+    "fleet.battery.low_soc": ("soc_pct",),
+    "fleet.geofence.entered": ("zone",),
+    "fleet.geofence.exited": ("zone",),
+    "fleet.charging.started": ("session_id",),
 }
 
 
