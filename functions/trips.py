@@ -260,7 +260,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             if first_fix is not None:
                 ff = first_fix[carried_rows]
                 ok = ff >= 0
-                counts = first_fix_counts[carried_rows] | moved
+                counts = first_fix_counts[carried_rows]
                 lat2, lon2 = p.lat[np.maximum(ff, 0)], p.lon[np.maximum(ff, 0)]
             # from the last fix before this batch to the first here: the trip's, or pending
             bridge = ops.haversine_m(table[:, 12], table[:, 13], lat2, lon2)
