@@ -330,12 +330,9 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         if bad.any():  # NaN (and infinity) as None, which is what the state store makes of them
             values = values.astype(object)
             values[bad] = None
-        # the values as the state store keeps them (plain Python), in the order of STATE_FIELDS
+        # the values as the state store keeps them (plain Python), keyed in the order of STATE_FIELDS
         updates.update(zip(kept_v.tolist(), [
-            {"trip_id": i, "start_t": t0, "last_moving_t": tm, "start_lat": v[0], "start_lon": v[1],
-             "start_odo": v[2], "start_soc": v[3], "start_fuel": v[4], "max_speed": v[5], "dist_m": v[6],
-             "n_braking": v[7], "n_acceleration": v[8], "n_cornering": v[9], "speeding_ms": v[10],
-             "idle_s": v[11], "last_lat": v[12], "last_lon": v[13], **dict(zip(PENDING + END_VALUES, v[14:25], strict=True))}
+            dict(zip(STATE_FIELDS, (i, t0, tm, *v), strict=True))
             for i, t0, tm, v in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
                                     last_moving_of[kept_v].tolist(), values.tolist(), strict=True)], strict=True))
     ctx.save_states(updates, plain=True)
