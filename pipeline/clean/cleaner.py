@@ -304,7 +304,8 @@ class Cleaner:
 
     def clean(self, readings: Readings, *, now_ms: int | None = None,
               profile: bool = False) -> CleanResult:
-        """Clean one batch. `now_ms` is the ingest time (default: latest frame received_at)."""
+        """Clean one batch. `now_ms` is the ingest time of frames without a record timestamp
+        (default: the latest frame received_at); stamped frames are judged by their own."""
         clock = _Clock(profile)
         cat = self.catalog
         cfg = self.config
@@ -343,25 +344,30 @@ class Cleaner:
 
         t = readings.t
         tcfg = cfg.time
+        old: BoolArray | None = None
         if n and len(frames):
-            # the latest plausible time per frame: its send time (vehicle clock) and its
-            # ingest time (record timestamp; now_ms for frames without one)
+            # Each frame is judged by its own ingest time (record timestamp; now_ms for frames
+            # without one), never by the other frames of the batch: a batch that also holds a
+            # much later upload must not make this frame's readings "too old".
             received = frames.received_at
-            ingest = np.where(received > 0, received, now_ms if now_ms is not None else np.iinfo(np.int64).max
-                              - tcfg.max_future_vs_ingest_ms)
+            stamped = received > 0
+            big = np.iinfo(np.int64).max - tcfg.max_future_vs_ingest_ms
+            ingest = np.where(stamped, received, now_ms if now_ms is not None else big)
+            # the latest plausible time per frame: its send time (vehicle clock) and its ingest time
             limit = np.minimum(frames.sent_at + tcfg.max_future_vs_sent_ms,
                                ingest + tcfg.max_future_vs_ingest_ms)
             future = t > limit[readings.frame]
+            if now_ms is not None:
+                old = t < (ingest - tcfg.max_age_ms)[readings.frame]
         elif now_ms is not None:
             future = t > now_ms + tcfg.max_future_vs_ingest_ms
+            old = t < now_ms - tcfg.max_age_ms
         else:
             future = np.zeros(n, dtype=bool)
         if future.any():
             code[future & (code == 0)] = FUTURE_TIMESTAMP
-        if now_ms is not None:
-            old = t < now_ms - tcfg.max_age_ms
-            if old.any():
-                code[old & (code == 0)] = TOO_OLD
+        if old is not None and old.any():
+            code[old & (code == 0)] = TOO_OLD
         clock.lap("time")
 
         vehicle_slot = self.state.slots(readings.vins)

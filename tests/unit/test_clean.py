@@ -109,6 +109,20 @@ def test_time_checks_against_ingest(catalog) -> None:  # type: ignore[no-untyped
         ["dropped.future_timestamp"]
 
 
+def test_age_is_judged_by_each_frames_own_ingest_time(catalog) -> None:  # type: ignore[no-untyped-def]
+    """A batch that holds an upload from ten days later (a replay of recorded trips, a backlog)
+    must not make the earlier frames' readings too old: their age is against their own ingest."""
+    t = seconds(0, 3)
+    later = T0 + 10 * 86_400_000
+    batch = [frame(VIN, 1, t[-1], {SPEED: (t, [1.0, 2.0, 3.0])}, received_at=T0 + 5_000),
+             frame("VIN0000000000LATE", 1, later, {SPEED: ([later], [4.0])}, received_at=later + 1_000)]
+    result = cleaner(catalog).clean(readings_of(batch))
+    assert outcomes(result) == ["kept"] * 4
+    # and a reading older than its own frame's ingest by more than max_age still goes
+    stale = [frame(VIN, 1, later, {SPEED: ([T0, later], [1.0, 2.0])}, received_at=later + 1_000)]
+    assert outcomes(cleaner(catalog).clean(readings_of(stale))) == ["dropped.too_old", "kept"]
+
+
 def test_duplicates_within_batch_and_resends(catalog) -> None:  # type: ignore[no-untyped-def]
     c = cleaner(catalog)
     t = seconds(0, 5)
