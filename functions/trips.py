@@ -2,8 +2,11 @@
 
 A trip starts at the first reading at or above `move_kmh` and ends at the last one
 before the vehicle stands still (or stops reporting) for `stop_s`. The end is therefore
-known once the vehicle has reported standing still for `stop_s`, or when it moves again
-after a longer pause. An open trip is kept in state, so trips span any number of batches.
+known once the vehicle has reported for `stop_s` without moving (its speed, or, parked with
+the ignition off, its state of charge, odometer or fuel level: a parked EV reports its
+battery once a minute), or when it moves again after a longer pause. A vehicle that sends
+nothing at all while parked keeps its trip open until it next reports. An open trip is kept
+in state, so trips span any number of batches.
 
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
@@ -61,11 +64,13 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     """fleet.trip.started / ended (with summary) and fleet.behaviour.features per trip."""
     cfg = ctx.config
     s = batch.signal(SPEED)
-    if not len(s):
+    n_vins = len(batch.vins)
+    last_t, last_rec = _last_reports(batch, n_vins)
+    reporting = np.flatnonzero(last_t != ops.NO_TIME)
+    if not reporting.shape[0]:
         return
     stop_ms, ctx_ms = int(cfg["stop_s"]) * 1000, int(cfg["context_ms"])
-    stored = ctx.states(batch.vehicles(SPEED))
-    n_vins = len(batch.vins)
+    stored = ctx.states(reporting)
     s_vehicle, s_t = s.vehicle, s.t
 
     # --- the open trips carried from earlier batches ----------------------------------------
@@ -148,18 +153,13 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             last_rows = np.arange(n)
     else:
         last_rows = np.arange(n)
-    # the last piece ends if the vehicle has been still for stop_s by its last reading
-    s_last = np.flatnonzero(s_vehicle[1:] != s_vehicle[:-1])
-    s_last = np.append(s_last, s_vehicle.shape[0] - 1)
-    last_row_of = np.zeros(n_vins, dtype=np.int64)
-    last_row_of[s_vehicle[s_last]] = s_last
-    lpv = piece_v[last_rows]
-    lrow = last_row_of[lpv]  # every piece's vehicle has speed readings here
+    # the last piece ends if the vehicle has been still for stop_s by its last report
+    lpv = piece_v[last_rows]  # every piece's vehicle reports in this batch
     lmov = last_moving_of[lpv]
-    closes = np.flatnonzero(s_t[lrow] - lmov >= stop_ms)
+    closes = np.flatnonzero(last_t[lpv] - lmov >= stop_ms)
     if closes.shape[0]:
         end_t[last_rows[closes]] = lmov[closes]
-        end_rec[last_rows[closes]] = s.record_at(lrow[closes])
+        end_rec[last_rows[closes]] = last_rec[lpv[closes]]
     closed_mask = end_t != END
     closed = np.flatnonzero(closed_mask)
     n_new, n_closed = new_rows.shape[0], closed.shape[0]
@@ -343,6 +343,34 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
 F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "max_speed", *COUNTERS,
             "last_lat", "last_lon", *PENDING, *END_VALUES)
 STATE_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)  # the state's keys, in order
+
+
+# What tells that a vehicle is still there: its speed, or (parked, ignition off: no speed) any
+# other of these readings, which travel in the same frames and topic as the speed. GPS fixes
+# do not count: they come on their own topic, consumed on its own, and may run ahead of the
+# speed readings, so a fix could "prove" a stop before the movement that preceded it arrived.
+REPORTS = (SPEED, SOC, ODOMETER, FUEL)
+
+
+def _last_reports(batch: HandlerInput, n_vins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per vehicle index: the time and record of its latest reading among REPORTS in this
+    batch (ops.NO_TIME and -1 where it has none); the speed wins a tie."""
+    last_t = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
+    last_rec = np.full(n_vins, -1, dtype=np.int64)
+    for name in REPORTS:
+        if name != SPEED and not batch.has(name):
+            continue
+        sig = batch.signal(name)
+        if not len(sig):
+            continue
+        rows = np.flatnonzero(ops.last_of_group(sig.vehicle))
+        v, t = sig.vehicle[rows], sig.t[rows]
+        later = t > last_t[v]
+        if later.any():
+            v, rows = v[later], rows[later]
+            last_t[v] = t[later]
+            last_rec[v] = sig.record_at(rows)
+    return last_t, last_rec
 
 
 def _values_at(batch: HandlerInput, p: Any, v: np.ndarray, t: np.ndarray, ctx_ms: int) -> np.ndarray:

@@ -243,3 +243,35 @@ def test_events_after_the_last_movement_count_only_if_the_trip_goes_on(shipped, 
     assert ended["time"] == 399_000 and ended["harsh_events"] == counted
     [feat] = outs[2].events_of("fleet.behaviour.features")
     assert feat["harsh_braking_per_100km"] == pytest.approx(counted / 3.89 * 100, abs=1e-3)
+
+
+def test_a_parked_ev_that_reports_only_its_battery_ends_its_trip(shipped) -> None:
+    """Ignition off: no more speed, but the SoC once a minute. The trip ends at its last
+    movement once a report comes stop_s after it, in a batch with no speed reading at all."""
+    h = HandlerHarness(shipped("trips"))
+    t = np.arange(0, 120)
+    first = h.run({"V1": {SPEED: (t * S, np.where(t < 100, 40.0, 0.0)), SOC: (t * S, np.full(120, 70.0))}})
+    assert first.events_of("fleet.trip.ended") == []
+    early = np.arange(180, 400, 60)  # parked reports before stop_s has passed: still open
+    assert h.run({"V1": {SOC: (early * S, np.full(early.shape[0], 70.0))}}).events_of("fleet.trip.ended") == []
+    later = np.arange(420, 700, 60)
+    out = h.run({"V1": {SOC: (later * S, np.full(later.shape[0], 70.0))}})
+    h.close()
+    [ended] = out.events_of("fleet.trip.ended")
+    assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)
+    assert out.records[ended["origin"]].key == b"V1"  # the parked report that proved the stop
+    assert h.state.get("trips", "V1") is None
+
+
+def test_gps_fixes_alone_do_not_end_a_trip(shipped) -> None:
+    """Fixes come on their own topic and may run ahead of the speed readings: they are no
+    proof that the vehicle stood still."""
+    h = HandlerHarness(shipped("trips"))
+    t = np.arange(0, 100)
+    h.run({"V1": {SPEED: (t * S, np.full(100, 40.0))}})
+    fixes = np.arange(100, 1000, 10)
+    out = h.run({"V1": {LAT: (fixes * S, np.full(fixes.shape[0], 34.0)),
+                        LON: (fixes * S, np.full(fixes.shape[0], -6.8))}})
+    h.close()
+    assert out.events_of("fleet.trip.ended") == []
+    assert h.state.get("trips", "V1")["last_moving_t"] == 99_000  # type: ignore[index]
