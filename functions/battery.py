@@ -87,9 +87,9 @@ def _episodes(batch: HandlerInput, name: str, low: float, rearm: float, min_ms: 
         initial[first] = np.isin(vehicle[first], cv)
     in_episode = ops.ffill_in_groups(vehicle, level, initial) >= 0.5
     runs = ops.track_runs(vehicle, t, in_episode, -v, max_gap_ms=EPISODE_GAP_MS, carried=carried)
-    for v in carried:
-        if v in new_state:
-            new_state[v].pop(key, None)
+    for vi in carried:
+        if vi in new_state:
+            new_state[vi].pop(key, None)
     alerted = np.array([bool((st or {}).get("alerted", False)) for st in runs.carried_state], dtype=bool)
     # the first sample of each run at which it has lasted min_ms fires the alert
     fire_t = runs.start_t + min_ms
