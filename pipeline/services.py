@@ -16,7 +16,10 @@ Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), S3_PORT (9000), S3
 S3_SECRET_KEY, SERVICES_TIMEOUT (90 s), PIPELINE_SERVICES_MODE (docker|local),
 PIPELINE_SERVICES_DIR, PIPELINE_SERVICES_CACHE.
 
-    python -m pipeline.services start | stop | status | logs [kafka|s3] [-f]
+    python -m pipeline.services start | stop | reset | status | logs [kafka|s3] [-f]
+
+`reset` stops the services and deletes what they hold (topics, consumer offsets, handler
+state, objects); the jar cache stays. Stop the workers first.
 """
 
 from __future__ import annotations
@@ -879,6 +882,26 @@ def stop(settings: ServiceSettings | None = None) -> None:
         _stop_local(settings)
 
 
+def reset(settings: ServiceSettings | None = None) -> None:
+    """Stop the services and delete their data: topics, consumer offsets, handler state and
+    objects. Local mode keeps the jar cache and logs; Docker mode runs `docker compose down
+    --volumes` (every container of the project, and its volumes)."""
+    settings = settings or ServiceSettings.from_env()
+    if select_mode(settings) == "docker":
+        _compose(["down", "--volumes", "--remove-orphans"])
+        return
+    _stop_local(settings)
+    for service in _local_services(settings):
+        data = service.home / "data"
+        if data.exists():
+            shutil.rmtree(data)
+            say(f"{service.name}: deleted its data in {data}")
+        else:
+            say(f"{service.name}: no data to delete")
+    # the broker's storage is formatted again (new cluster id) on the next start
+    (_kafka(settings).home / ".formatted").unlink(missing_ok=True)
+
+
 def status(settings: ServiceSettings | None = None) -> dict[str, bool]:
     """Whether each endpoint answers now: {"kafka": ..., "s3": ...}."""
     settings = settings or ServiceSettings.from_env()
@@ -956,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="start both services (no-op for one that answers)")
     commands.add_parser("stop", help="stop both services and check that nothing is left")
+    commands.add_parser("reset", help="stop both services and delete their data (topics, offsets, "
+                        "objects); stop the workers first")
     commands.add_parser("status", help="show each endpoint; exit 0 if both answer, else 3")
     logs = commands.add_parser("logs", help="print a service's log")
     logs.add_argument("service", nargs="?", choices=NAMES, help="kafka or s3 (default both)")
@@ -968,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
             start(settings)
         elif args.command == "stop":
             stop(settings)
+        elif args.command == "reset":
+            reset(settings)
         elif args.command == "status":
             return _print_status(settings)
         else:

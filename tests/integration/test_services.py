@@ -162,3 +162,58 @@ def test_broker_that_dies_is_reported_with_its_log(second_pair: ServiceSettings)
     # Nothing is left half-started: the S3 server launched by the same call is stopped too.
     assert services.pids(second_pair) == {"kafka": None, "s3": None}
     assert _processes_using(second_pair.base_dir / "s3" / "s3proxy.properties") == []
+
+
+def _topics(settings: ServiceSettings) -> set[str]:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def listing() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return asyncio.run(listing())
+
+
+def _create_topic(settings: ServiceSettings, name: str) -> None:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, 1, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def test_reset_deletes_topics_and_objects_and_starts_empty(second_pair: ServiceSettings) -> None:
+    from minio import Minio
+
+    services.start()
+    _create_topic(second_pair, "reset-me")
+    s3 = Minio(f"127.0.0.1:{second_pair.s3_port}", access_key=second_pair.access_key,
+               secret_key=second_pair.secret_key, secure=False, region="us-east-1")
+    s3.make_bucket("reset-bucket")
+    assert "reset-me" in _topics(second_pair)
+    first_cluster = (second_pair.base_dir / "kafka" / ".formatted").read_text()
+
+    services.reset()
+
+    assert services.pids() == {"kafka": None, "s3": None}
+    assert not (second_pair.base_dir / "kafka" / "data").exists()
+    assert not (second_pair.base_dir / "s3" / "data").exists()
+    services.start()  # formats a new, empty broker
+    assert services.status() == {"kafka": True, "s3": True}
+    assert "reset-me" not in _topics(second_pair)
+    assert not s3.bucket_exists("reset-bucket")
+    assert (second_pair.base_dir / "kafka" / ".formatted").read_text() != first_cluster
