@@ -358,7 +358,11 @@ class Cleaner:
                                ingest + tcfg.max_future_vs_ingest_ms)
             future = t > limit[readings.frame]
             if now_ms is not None:
-                old = t < (ingest - tcfg.max_age_ms)[readings.frame]
+                floor = ingest - tcfg.max_age_ms  # per frame: older than this is too old
+                cand = np.flatnonzero(t < int(floor.max()))  # usually none: one scalar compare
+                if cand.shape[0]:
+                    old = np.zeros(n, dtype=bool)
+                    old[cand[t[cand] < floor[readings.frame[cand]]]] = True
         elif now_ms is not None:
             future = t > now_ms + tcfg.max_future_vs_ingest_ms
             old = t < now_ms - tcfg.max_age_ms
@@ -1010,8 +1014,8 @@ class Cleaner:
         if m > 1:
             behind = np.flatnonzero((src[1:] < src[:-1]) & ~new[1:]) + 1
             if behind.size:  # some series arrived out of order within the batch
-                gid = np.searchsorted(first, behind, side="right") - 1
-                groups = np.unique(gid)
+                gid = np.searchsorted(first, behind, side="right") - 1  # non-decreasing
+                groups = gid[starts_of(gid)]
                 at = ranges(first[groups], count[groups])
                 late[at] = suffix_min_in_group(src[at], np.repeat(groups, count[groups])) < src[at]
         slot, sig = rows.vslot[vehicle[first]], gkey[first] % (1 << self.signal_bits)
