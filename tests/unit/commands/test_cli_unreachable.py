@@ -27,11 +27,3 @@ def test_simulate_to_an_unreachable_broker_names_it() -> None:
     assert f"error: cannot reach Kafka at {where}" in out.stderr
     assert "scripts/services start" in out.stderr
     assert "Traceback" not in out.stderr and "╭" not in out.stderr
-
-
-def test_reconcile_against_an_unreachable_store_names_it() -> None:
-    where = f"http://127.0.0.1:{closed_port()}"
-    out = run_cli("reconcile", S3_ENDPOINT=where)
-    assert out.returncode == 1
-    assert f"error: cannot reach the object store at {where}" in out.stderr
-    assert "Traceback" not in out.stderr and "╭" not in out.stderr
