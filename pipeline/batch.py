@@ -101,6 +101,9 @@ class Readings:
     signal_names: list[str]
     unit_names: list[str] = field(default_factory=lambda: [""])
     frames: Frames = field(default_factory=Frames.empty)
+    # First row of every (vehicle, signal) run, when the rows are known to be sorted by
+    # (vehicle, signal, t) with one run per pair (cleaning sets it); None: not known.
+    blocks: IntArray | None = None
 
     @classmethod
     def empty(cls, signal_names: Sequence[str] = ()) -> Readings:

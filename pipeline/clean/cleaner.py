@@ -1047,6 +1047,7 @@ class Cleaner:
             signal_names=list(self.catalog.names),
             unit_names=[""],
             frames=readings.frames,
+            blocks=first,
         )
         counts_arr = np.bincount(outcome[np.flatnonzero(outcome)], minlength=len(REASONS))
         counts_arr[KEPT] = outcome.size - int(counts_arr[1:].sum())

@@ -171,9 +171,9 @@ class BatchView:
     def blocks(self) -> tuple[IntArray, IntArray, IntArray]:
         """(start, end, signal) of every (vehicle, signal) block.
 
-        Clean readings come sorted by (vehicle, signal, t) (the cleaning stage's contract),
-        so one scan finds where every signal's rows are. That order is checked once per
-        batch; readings in any other order are sorted here first.
+        Clean readings come sorted by (vehicle, signal, t) (the cleaning stage's contract)
+        with the block starts attached. Readings without them are scanned once, their order
+        checked, and readings in any other order are sorted here first.
         """
         if self._blocks is None:
             c = self.clean
@@ -183,29 +183,33 @@ class BatchView:
                 e = np.empty(0, np.int64)
                 self._blocks, self._block_vehicle = (e, e, e), e
                 return self._blocks
-            new_block = v[1:] != v[:-1]
-            new_block |= sig[1:] != sig[:-1]
-            # time may only fall where a new block starts
-            back = t[1:] < t[:-1]
-            ordered = not np.greater(back, new_block, out=back).any()
-            change = np.flatnonzero(new_block)
-            starts = np.empty(change.shape[0] + 1, np.int64)
-            starts[0] = 0
-            np.add(change, 1, out=starts[1:])
-            bveh, bsig = v[starts].astype(np.int64), sig[starts].astype(np.int64)
-            if ordered and starts.shape[0] > 1:
-                # each (vehicle, signal) pair is one block: the pairs strictly increase
-                lo = int(bsig.min())
-                key = bveh * (int(bsig.max()) - lo + 1) + (bsig - lo)
-                ordered = bool((key[1:] > key[:-1]).all())
-            if not ordered:
-                self.clean = c.take(np.lexsort((t, sig, v)))
-                self._origin = None
-                return self.blocks()
+            if c.blocks is not None:
+                starts = c.blocks.astype(np.int64, copy=False)
+            else:
+                new_block = v[1:] != v[:-1]
+                new_block |= sig[1:] != sig[:-1]
+                # time may only fall where a new block starts
+                back = t[1:] < t[:-1]
+                ordered = not np.greater(back, new_block, out=back).any()
+                change = np.flatnonzero(new_block)
+                starts = np.empty(change.shape[0] + 1, np.int64)
+                starts[0] = 0
+                np.add(change, 1, out=starts[1:])
+                if ordered and starts.shape[0] > 1:
+                    # each (vehicle, signal) pair is one block: the pairs strictly increase
+                    bv, bs = v[starts].astype(np.int64), sig[starts].astype(np.int64)
+                    lo = int(bs.min())
+                    key = bv * (int(bs.max()) - lo + 1) + (bs - lo)
+                    ordered = bool((key[1:] > key[:-1]).all())
+                if not ordered:
+                    self.clean = c.take(np.lexsort((t, sig, v)))
+                    self._origin = None
+                    return self.blocks()
             ends = np.empty_like(starts)
             ends[:-1] = starts[1:]
             ends[-1] = n
-            self._blocks, self._block_vehicle = (starts, ends, bsig), bveh
+            self._blocks = (starts, ends, sig[starts].astype(np.int64))
+            self._block_vehicle = v[starts].astype(np.int64)
         return self._blocks
 
     def rows(self, name: str) -> IntArray:

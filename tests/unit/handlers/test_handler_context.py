@@ -147,3 +147,30 @@ def test_nearest_fix_and_fix_zones_agree_with_location_and_zone_tests() -> None:
     assert inp.fix_zones(zones) is bits  # computed once per batch
     for i, z in enumerate(zones):
         assert np.array_equal((bits >> i) & 1 == 1, z.contains(p.lat, p.lon))
+
+
+def test_block_starts_from_cleaning_give_the_same_selection_as_a_scan() -> None:
+    """Clean readings carry their (vehicle, signal) block starts; a view that uses them selects
+    exactly what a view scanning the same rows finds."""
+    import dataclasses
+    from pathlib import Path
+
+    from pipeline.catalog import load_catalog
+    from pipeline.clean import Cleaner, load_cleaning_config
+    from pipeline.handlers.testing import synthetic_fleet
+
+    catalog = load_catalog()
+    cleaner = Cleaner(catalog, load_cleaning_config(Path(__file__).resolve().parents[3] / "rules" / "cleaning.yaml"))
+    readings, records = synthetic_fleet(40, 20, signal_names=catalog.names)
+    clean = cleaner.clean(readings).readings
+    assert clean.blocks is not None and clean.blocks.shape[0] > 40
+    scanned = dataclasses.replace(clean, blocks=None)
+    names = sorted({catalog.names[i] for i in np.unique(clean.signal).tolist()})
+    given, scan = BatchView(clean, records, wanted=names), BatchView(scanned, records, wanted=names)
+    for a, b in zip(given.blocks(), scan.blocks(), strict=True):
+        assert a.tolist() == b.tolist()
+    for name in names:
+        x, y = given.series(name), scan.series(name)
+        assert x.vehicle.tolist() == y.vehicle.tolist() and x.t.tolist() == y.t.tolist()
+        assert x.v.tolist() == y.v.tolist() and x.record.tolist() == y.record.tolist()
+    assert clean.take(np.arange(len(clean))).blocks is None  # a selection must be scanned again
