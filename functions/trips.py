@@ -8,6 +8,11 @@ battery once a minute), or when it moves again after a longer pause. A vehicle t
 nothing at all while parked keeps its trip open until it next reports. An open trip is kept
 in state, so trips span any number of batches.
 
+GPS fixes come on their own topic and may reach a batch without the same minutes' speed
+readings. Fixes of a vehicle with an open trip count wherever they arrive, and a trip that
+ends at a stop waits for the vehicle's fixes to reach its end before it closes (for at most
+another `stop_s`, for a vehicle whose GPS went quiet), so its track is complete.
+
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
 in fuel level times `fuel_tank_l`. Harsh events, speeding and idling are counted from
@@ -66,11 +71,18 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     s = batch.signal(SPEED)
     n_vins = len(batch.vins)
     last_t, last_rec = _last_reports(batch, n_vins)
-    reporting = np.flatnonzero(last_t != ops.NO_TIME)
-    if not reporting.shape[0]:
+    p = batch.positions() if batch.has(LAT) and batch.has(LON) else None
+    fix_t = np.full(n_vins, ops.NO_TIME, dtype=np.int64)  # each vehicle's last fix here
+    fix_rec = np.full(n_vins, -1, dtype=np.int64)
+    if p is not None and len(p):
+        rows = np.flatnonzero(ops.last_of_group(p.vehicle))
+        fix_t[p.vehicle[rows]], fix_rec[p.vehicle[rows]] = p.t[rows], p.record[rows]
+    # vehicles that report, and (for the distance of an open trip) those that only send fixes
+    seen = np.flatnonzero((last_t != ops.NO_TIME) | (fix_t != ops.NO_TIME))
+    if not seen.shape[0]:
         return
     stop_ms, ctx_ms = int(cfg["stop_s"]) * 1000, int(cfg["context_ms"])
-    stored = ctx.states(reporting)
+    stored = ctx.states(seen)
     s_vehicle, s_t = s.vehicle, s.t
 
     # --- the open trips carried from earlier batches ----------------------------------------
@@ -79,9 +91,16 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     carried_last = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
     cv = np.fromiter(stored, dtype=np.int64, count=nc)  # ascending
     c_start = np.empty(0, dtype=np.int64)
+    # latest report and fix so far (this batch or, for an open trip, the ones before)
+    report_t, seen_fix_t = last_t.copy(), fix_t.copy()
     if nc:
         carried_last[cv] = [int(st["last_moving_t"]) for st in sts]
         c_start = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
+        before = np.array([(st.get("last_report_t"), st.get("last_fix_t")) for st in sts],
+                          dtype=np.float64).reshape(nc, 2)  # None -> NaN
+        before = np.where(np.isnan(before), ops.NO_TIME, before).astype(np.int64)
+        report_t[cv] = np.maximum(report_t[cv], before[:, 0])
+        seen_fix_t[cv] = np.maximum(seen_fix_t[cv], before[:, 1])
 
     # --- boundaries among moving readings ---------------------------------------------
     mi = np.flatnonzero(s.v >= float(cfg["move_kmh"]))
@@ -153,13 +172,20 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             last_rows = np.arange(n)
     else:
         last_rows = np.arange(n)
-    # the last piece ends if the vehicle has been still for stop_s by its last report
-    lpv = piece_v[last_rows]  # every piece's vehicle reports in this batch
+    # The last piece ends once the vehicle has been still for stop_s by its latest report, and
+    # its fixes have caught up with the end (the GPS topic may lag the speed: the trip's last
+    # hops must be in before it closes); a vehicle without fixes, or still for 2 x stop_s
+    # without its fixes catching up, does not wait for them.
+    lpv = piece_v[last_rows]
     lmov = last_moving_of[lpv]
-    closes = np.flatnonzero(last_t[lpv] - lmov >= stop_ms)
+    still_for = report_t[lpv] - lmov
+    gps_in = (seen_fix_t[lpv] == ops.NO_TIME) | (seen_fix_t[lpv] >= lmov) | (still_for >= 2 * stop_ms)
+    closes = np.flatnonzero((still_for >= stop_ms) & gps_in)
     if closes.shape[0]:
+        cvv = lpv[closes]
         end_t[last_rows[closes]] = lmov[closes]
-        end_rec[last_rows[closes]] = last_rec[lpv[closes]]
+        # origin: the latest report here, else the latest fix (the GPS that let it close)
+        end_rec[last_rows[closes]] = np.where(last_t[cvv] >= fix_t[cvv], last_rec[cvv], fix_rec[cvv])
     closed_mask = end_t != END
     closed = np.flatnonzero(closed_mask)
     n_new, n_closed = new_rows.shape[0], closed.shape[0]
@@ -172,7 +198,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
 
     # --- what happened within each piece (this batch's share) --------------------------
     # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-11 COUNTERS; 12-13 last fix;
-    # 14-19 PENDING; 20-24 END_VALUES
+    # 14-19 PENDING; 20-24 END_VALUES; 25-26 latest report and fix times (set when saved)
     f = np.zeros((len(F_FIELDS), n))
     space = batch.space
     # Counters run to the trip's end, which for an open trip is its last movement so far; what
@@ -196,7 +222,6 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         after = np.zeros_like(f)
         _event_sums(batch, piece_v, count_end + 1, np.where(closed_mask, count_end, END), after)
         f[15:20] = after[7:12]
-    p = batch.positions() if batch.has(LAT) and batch.has(LON) else None
     first_fix = last_fix = None
     if p is not None and len(p):
         step = np.zeros(len(p))  # metres from the vehicle's previous fix (0 at its first)
@@ -325,6 +350,9 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             f[12] = np.where(has_fix, p.lat[at_fix], f[12])  # type: ignore[union-attr]
             f[13] = np.where(has_fix, p.lon[at_fix], f[13])  # type: ignore[union-attr]
         kept_v = piece_v[keep]
+        for row, times in ((25, report_t), (26, seen_fix_t)):
+            tv = times[kept_v]
+            f[row, keep] = np.where(tv != ops.NO_TIME, tv, np.nan)
         values = f[:, keep].T
         bad = ~np.isfinite(values)
         if bad.any():  # NaN (and infinity) as None, which is what the state store makes of them
@@ -339,9 +367,9 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
 
 
 # the float columns of the per-piece table, in the order the state lists them after
-# trip_id, start_t and last_moving_t
+# trip_id, start_t and last_moving_t (the last two: epoch ms of the latest report and fix)
 F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "max_speed", *COUNTERS,
-            "last_lat", "last_lon", *PENDING, *END_VALUES)
+            "last_lat", "last_lon", *PENDING, *END_VALUES, "last_report_t", "last_fix_t")
 STATE_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)  # the state's keys, in order
 
 

@@ -174,7 +174,8 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
                                   "n_acceleration", "n_cornering", "speeding_ms", "idle_s", "last_lat", "last_lon",
                                   "pending_dist_m", "pending_n_braking", "pending_n_acceleration",
                                   "pending_n_cornering", "pending_speeding_ms", "pending_idle_s",
-                                  "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel"]
+                                  "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel", "last_report_t",
+                                  "last_fix_t"]
 
 
 def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
@@ -275,3 +276,47 @@ def test_gps_fixes_alone_do_not_end_a_trip(shipped) -> None:
     h.close()
     assert out.events_of("fleet.trip.ended") == []
     assert h.state.get("trips", "V1")["last_moving_t"] == 99_000  # type: ignore[index]
+
+
+def test_a_trip_waits_for_its_fixes_when_the_gps_lags_the_speed(shipped) -> None:
+    """Speed readings come in one batch, the same minutes' fixes in the next (another topic):
+    the trip stays open until the fixes reach its end, and its distance is the whole track."""
+    t = np.arange(0, 500)
+    moving = t < 100
+    lat = 34.0 + 0.0001 * np.cumsum(moving)  # ~11 m per moving second, no odometer
+    lon = np.full(t.shape[0], -6.8)
+
+    def sensor(lo: int, hi: int) -> dict:
+        s = (t >= lo) & (t < hi)
+        return {"V1": {SPEED: (t[s] * S, np.where(moving[s], 40.0, 0.0))}}
+
+    def gps(lo: int, hi: int) -> dict:
+        s = (t >= lo) & (t < hi)
+        return {"V1": {LAT: (t[s] * S, lat[s]), LON: (t[s] * S, lon[s])}}
+
+    h = HandlerHarness(shipped("trips"))
+    assert h.run(sensor(0, 50)).events_of("fleet.trip.started") != []
+    h.run(gps(0, 50))
+    early = h.run(sensor(50, 500))  # still for 400 s, but no fix after t=49 yet
+    assert early.events_of("fleet.trip.ended") == []
+    out = h.run(gps(50, 500))
+    h.close()
+    [ended] = out.events_of("fleet.trip.ended")
+    assert (ended["time"], ended["duration_s"]) == (99_000, 99.0)
+    assert ended["distance_km"] == pytest.approx(99 * 0.0111195, rel=1e-3)
+
+
+def test_a_trip_does_not_wait_for_fixes_that_stopped_coming(shipped) -> None:
+    """A vehicle whose GPS went quiet: after 2 x stop_s of reported stillness the trip ends anyway."""
+    t = np.arange(0, 800)
+    h = HandlerHarness(shipped("trips"))
+    first = t < 60
+    h.run({"V1": {SPEED: (t[first] * S, np.full(60, 40.0)), LAT: (t[first] * S, np.full(60, 34.0)),
+                  LON: (t[first] * S, np.full(60, -6.8))}})
+    rest = (t >= 60) & (t < 500)  # moves until 99, then still; no fixes any more
+    assert h.run({"V1": {SPEED: (t[rest] * S, np.where(t[rest] < 100, 40.0, 0.0))}}).events_of(
+        "fleet.trip.ended") == []  # still for 400 s < 2 x 300 s
+    last = t >= 500
+    [ended] = h.run({"V1": {SPEED: (t[last] * S, np.zeros(last.sum()))}}).events_of("fleet.trip.ended")
+    h.close()
+    assert ended["time"] == 99_000
