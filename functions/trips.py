@@ -8,10 +8,12 @@ battery once a minute), or when it moves again after a longer pause. A vehicle t
 nothing at all while parked keeps its trip open until it next reports. An open trip is kept
 in state, so trips span any number of batches.
 
-GPS fixes come on their own topic and may reach a batch without the same minutes' speed
-readings. Fixes of a vehicle with an open trip count wherever they arrive, and a trip that
-ends at a stop waits for the vehicle's fixes to reach its end before it closes (for at most
-another `stop_s`, for a vehicle whose GPS went quiet), so its track is complete.
+GPS fixes come on their own topic and may reach a batch before or after the same minutes'
+speed readings. The handler keeps a GPS odometer per vehicle (the distance along its fixes,
+in the order of their times, wherever they arrive) with checkpoints of the fixes that run
+ahead of the speed readings, so a trip's GPS distance is that odometer at the trip's end
+minus at its start. A trip that ends at a stop waits for the vehicle's fixes to reach its
+end (for at most another `stop_s`, for a vehicle whose GPS went quiet).
 
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
@@ -19,13 +21,14 @@ in fuel level times `fuel_tank_l`. Harsh events, speeding and idling are counted
 the events of the harsh_driving, speeding and idling handlers, which run before this one.
 At trip end it also emits `fleet.behaviour.features` for the recommendation service.
 
-Counts and distance cover the trip from its start to its end. While a trip is open, what
-comes after its last movement so far is kept apart (`pending_*` in state): it joins the
-trip if the vehicle moves again within `stop_s`, and is dropped if the trip turns out to
-have ended. The values at the end (location, odometer, SoC, fuel) are looked up in the
-batch that holds the last movement and kept in state. So the summary does not depend on
-how the stream was cut into batches, except that a start or end value is the reading
-nearest that time (within `context_ms`) among those in the deciding batch.
+Counts cover the trip from its start to its end. While a trip is open, what comes after
+its last movement so far is kept apart (`pending_*` in state): it joins the trip if the
+vehicle moves again within `stop_s`, and is dropped if the trip turns out to have ended.
+The values at the end (location, odometer, SoC, fuel) are looked up in the batch that holds
+the last movement and kept in state. So the summary does not depend on how the stream was
+cut into batches, except that a start or end value is the reading nearest that time (within
+`context_ms`) among those in the deciding batch, and the GPS odometer is read at the last
+kept checkpoint before a time when more than `gps_checkpoints` fixes ran ahead.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ SPEEDING, IDLING = "fleet.driving.speeding", "fleet.driving.idling"
 END = np.iinfo(np.int64).max // 4  # "still open" end of a range
 
 # accumulated per open trip (state), summed over the batches the trip spans
-COUNTERS = ("dist_m", "n_braking", "n_acceleration", "n_cornering", "speeding_ms", "idle_s")
+COUNTERS = ("n_braking", "n_acceleration", "n_cornering", "speeding_ms", "idle_s")
 # the same, for what came after the trip's last movement so far: it belongs to the trip only
 # if the vehicle moves again before stop_s (then it is added), else the trip ended before it
 PENDING = tuple(f"pending_{k}" for k in COUNTERS)
@@ -63,7 +66,8 @@ END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
     emits=["fleet.trip.started", "fleet.trip.ended", "fleet.behaviour.features"],
     state=True,
     defaults={"move_kmh": 5.0, "stop_s": 300, "battery_capacity_kwh": 6.1, "fuel_tank_l": 50.0,
-              "context_ms": 60_000, "min_distance_km_for_rates": 0.5},
+              "context_ms": 60_000, "min_distance_km_for_rates": 0.5, "gps_checkpoints": 48,
+              "gps_ahead_s": 3600},
 )
 def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     """fleet.trip.started / ended (with summary) and fleet.behaviour.features per trip."""
@@ -82,25 +86,26 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     if not seen.shape[0]:
         return
     stop_ms, ctx_ms = int(cfg["stop_s"]) * 1000, int(cfg["context_ms"])
-    stored = ctx.states(seen)
+    stored = {v: _migrated(st) for v, st in ctx.states(seen).items()}
+    odo = _GpsOdometer(stored, p, n_vins)
     s_vehicle, s_t = s.vehicle, s.t
+    # latest report so far (this batch, or the ones before)
+    report_t = last_t.copy()
+    if stored:
+        sv = np.fromiter(stored, dtype=np.int64, count=len(stored))
+        before = np.array([st.get("last_report_t") for st in stored.values()], dtype=np.float64)  # None -> NaN
+        report_t[sv] = np.maximum(report_t[sv], np.where(np.isnan(before), ops.NO_TIME, before).astype(np.int64))
 
     # --- the open trips carried from earlier batches ----------------------------------------
-    nc = len(stored)
-    sts = list(stored.values())
+    open_trips = {v: st for v, st in stored.items() if "trip_id" in st}
+    nc = len(open_trips)
+    sts = list(open_trips.values())
     carried_last = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
-    cv = np.fromiter(stored, dtype=np.int64, count=nc)  # ascending
+    cv = np.fromiter(open_trips, dtype=np.int64, count=nc)  # ascending
     c_start = np.empty(0, dtype=np.int64)
-    # latest report and fix so far (this batch or, for an open trip, the ones before)
-    report_t, seen_fix_t = last_t.copy(), fix_t.copy()
     if nc:
         carried_last[cv] = [int(st["last_moving_t"]) for st in sts]
         c_start = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
-        before = np.array([(st.get("last_report_t"), st.get("last_fix_t")) for st in sts],
-                          dtype=np.float64).reshape(nc, 2)  # None -> NaN
-        before = np.where(np.isnan(before), ops.NO_TIME, before).astype(np.int64)
-        report_t[cv] = np.maximum(report_t[cv], before[:, 0])
-        seen_fix_t[cv] = np.maximum(seen_fix_t[cv], before[:, 1])
 
     # --- boundaries among moving readings ---------------------------------------------
     mi = np.flatnonzero(s.v >= float(cfg["move_kmh"]))
@@ -139,7 +144,8 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     # --- trip pieces: a carried open trip, then one per new start, by (vehicle, start) -------
     nb = b_v.shape[0]
     n = nc + nb
-    if not n:
+    if not n:  # no trip here: only the GPS odometers move on
+        ctx.save_states(_odometer_updates(stored, odo, report_t, cfg), plain=True)
         return
     if nc and nb:
         piece_v, piece_start = np.concatenate((cv, b_v)), np.concatenate((c_start, b_t))
@@ -179,7 +185,8 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     lpv = piece_v[last_rows]
     lmov = last_moving_of[lpv]
     still_for = report_t[lpv] - lmov
-    gps_in = (seen_fix_t[lpv] == ops.NO_TIME) | (seen_fix_t[lpv] >= lmov) | (still_for >= 2 * stop_ms)
+    fix_so_far = odo.latest_t[lpv]
+    gps_in = (fix_so_far == ops.NO_TIME) | (fix_so_far >= lmov) | (still_for >= 2 * stop_ms)
     closes = np.flatnonzero((still_for >= stop_ms) & gps_in)
     if closes.shape[0]:
         cvv = lpv[closes]
@@ -197,21 +204,20 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         end_rec = np.where(end_rec >= 0, end_rec, start_rec)
 
     # --- what happened within each piece (this batch's share) --------------------------
-    # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-11 COUNTERS; 12-13 last fix;
-    # 14-19 PENDING; 20-24 END_VALUES; 25-26 latest report and fix times (set when saved)
+    # per piece: 0-4 start lat, lon, odometer, SoC, fuel; 5 max speed; 6-10 COUNTERS;
+    # 11-15 PENDING; 16-20 END_VALUES; 21-22 GPS odometer at the start and at the end so far
     f = np.zeros((len(F_FIELDS), n))
     space = batch.space
     # Counters run to the trip's end, which for an open trip is its last movement so far; what
     # comes after is kept pending. So a trip counts the same however the stream is cut into
     # batches (its end is only known stop_s later, usually batches later).
     count_end = np.where(closed_mask, end_t, last_moving_of[piece_v])
-    # [start, end] of every piece as a key range, then [start, count_end]; ends as exclusive
-    # keys (key + 1: side="right")
-    qk = space.key(np.concatenate((piece_v, piece_v, piece_v)), np.concatenate((piece_start, end_t, count_end)))
+    # [start, end] of every piece as a key range; ends as exclusive keys (key + 1: side="right")
+    qk = space.key(np.concatenate((piece_v, piece_v)), np.concatenate((piece_start, end_t)))
     qk[n:] += 1
     bounds = np.searchsorted(batch.keys(SPEED), qk)
     lo = bounds[:n]
-    hi = np.maximum(bounds[n:2 * n], lo)
+    hi = np.maximum(bounds[n:], lo)
     # max over each piece's readings (ranges [lo, hi) of one array; empty ones are NaN)
     edges = np.empty(2 * n, dtype=np.int64)
     edges[0::2], edges[1::2] = lo, hi
@@ -221,28 +227,15 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     if not closed_mask.all():  # after the last movement of open trips (closed ones: empty ranges)
         after = np.zeros_like(f)
         _event_sums(batch, piece_v, count_end + 1, np.where(closed_mask, count_end, END), after)
-        f[15:20] = after[7:12]
-    first_fix = last_fix = None
-    if p is not None and len(p):
-        step = np.zeros(len(p))  # metres from the vehicle's previous fix (0 at its first)
-        if len(p) > 1:
-            hop = ops.haversine_m(p.lat[:-1], p.lon[:-1], p.lat[1:], p.lon[1:])
-            step[1:] = np.where(p.vehicle[1:] == p.vehicle[:-1], hop, 0.0)
-        bounds = np.searchsorted(batch.keys("@positions"), qk)
-        lo = bounds[:n]
-        hi = np.maximum(bounds[n:2 * n], lo)
-        hi_c = np.clip(bounds[2 * n:], lo, hi)  # fixes up to the counting end
-        # the hops between the piece's fixes: into fixes up to count_end, and after it
-        f[6] = ops.range_sum(step, np.minimum(lo + 1, hi_c), hi_c)
-        f[14] = ops.range_sum(step, np.maximum(np.minimum(lo + 1, hi), hi_c), hi)
-        has_fix = hi > lo
-        first_fix = np.where(has_fix, lo, -1)
-        first_fix_counts = hi_c > lo  # the first fix here is within the counting range
-        last_fix = np.where(has_fix, hi - 1, -1)
+        f[11:16] = after[6:11]
+    # the GPS odometer at the start and at the end so far (NaN: its fixes are not in yet)
+    both = odo.cum_at(np.concatenate((piece_v, piece_v)), np.concatenate((piece_start, count_end)),
+                      first_after=np.arange(2 * n) < n)
+    f[21], f[22] = both[:n], both[n:]
 
     # --- start values (new trips), and end values where the last movement is in this batch ---
     f[0:5, :] = np.nan
-    f[20:25, :] = np.nan
+    f[16:21, :] = np.nan
     # the piece's own last movement (its end so far) is in this batch: always for new pieces, and
     # for a carried trip that went on here (a later trip of the same vehicle does not count)
     fresh = np.ones(n, dtype=bool)
@@ -253,7 +246,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         rows = np.concatenate((new_rows, ends))
         at = _values_at(batch, p, piece_v[rows], np.concatenate((piece_start[new_rows], count_end[ends])), ctx_ms)
         f[0:5, new_rows] = at[:, :n_new]
-        f[20:25, ends] = at[:, n_new:]
+        f[16:21, ends] = at[:, n_new:]
 
     # --- merge with what the carried trips accumulated in earlier batches --------------
     trip_id = np.empty(n, dtype=object)
@@ -269,36 +262,21 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             picked = [tuple(st.get(k) for k in F_FIELDS) for st in sts]
         table = np.array(picked, dtype=np.float64).reshape(nc, len(F_FIELDS))  # None -> NaN
         trip_id[carried_rows] = [st["trip_id"] for st in sts]
-        f[6:12, carried_rows] += np.nan_to_num(table[:, 6:12]).T
+        f[6:11, carried_rows] += np.nan_to_num(table[:, 6:11]).T
         # earlier batches' pending share: the trip's if it moved again here, else still pending
         # (and dropped if it ends here at its earlier last movement)
         moved = fresh[carried_rows]
-        earlier = np.nan_to_num(table[:, 14:20]).T
-        f[6:12, carried_rows] += np.where(moved, earlier, 0.0)
-        f[14:20, carried_rows] += np.where(moved, 0.0, earlier)
+        earlier = np.nan_to_num(table[:, 11:16]).T
+        f[6:11, carried_rows] += np.where(moved, earlier, 0.0)
+        f[11:16, carried_rows] += np.where(moved, 0.0, earlier)
         f[5, carried_rows] = np.fmax(f[5, carried_rows], table[:, 5])
-        if p is not None:
-            ok = np.zeros(nc, dtype=bool)
-            counts = np.zeros(nc, dtype=bool)
-            lat2: Any = np.nan
-            lon2: Any = np.nan
-            if first_fix is not None:
-                ff = first_fix[carried_rows]
-                ok = ff >= 0
-                counts = first_fix_counts[carried_rows]
-                lat2, lon2 = p.lat[np.maximum(ff, 0)], p.lon[np.maximum(ff, 0)]
-            # from the last fix before this batch to the first here: the trip's, or pending
-            bridge = ops.haversine_m(table[:, 12], table[:, 13], lat2, lon2)
-            bridge = np.where(ok & ~np.isnan(bridge), bridge, 0.0)
-            f[6, carried_rows] += np.where(counts, bridge, 0.0)
-            f[14, carried_rows] += np.where(counts, 0.0, bridge)
         f[0:5, carried_rows] = table[:, 0:5].T
         stale = carried_rows[~fresh[carried_rows]]  # no movement here: the stored end values hold
-        f[20:25, stale] = table[~fresh[carried_rows], 20:25].T
-        f[12:14, :] = np.nan
-        f[12:14, carried_rows] = table[:, 12:14].T
-    else:
-        f[12:14, :] = np.nan
+        f[16:21, stale] = table[~fresh[carried_rows], 16:21].T
+        # odometer readings already taken hold; those not known then may be now
+        f[21, carried_rows] = np.where(np.isnan(table[:, 21]), f[21, carried_rows], table[:, 21])
+        held = table[~fresh[carried_rows], 22]
+        f[22, stale] = np.where(np.isnan(held), f[22, stale], held)
 
     # --- events ------------------------------------------------------------------------
     if n_new:
@@ -309,10 +287,14 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     if n_closed:
         c = closed
         start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5, c]
-        end_lat, end_lon, end_odo, end_soc, end_fuel = f[20:25, c]
-        dist_m, n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:12, c]
+        end_lat, end_lon, end_odo, end_soc, end_fuel = f[16:21, c]
+        n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:11, c]
+        # GPS: the odometer at the end (the latest one for a vehicle whose fixes stopped coming)
+        gps_end = np.where(np.isnan(f[22, c]), odo.latest_cum[piece_v[c]], f[22, c])
+        gps_end = np.where(np.isnan(gps_end) & (f[21, c] < 0), 0.0, gps_end)  # a migrated trip, no GPS since
+        gps_km = np.clip(gps_end - f[21, c], 0, None) / 1000.0
         odo_km = (end_odo - start_odo) / 1000.0
-        distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), dist_m / 1000.0, odo_km)
+        distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), gps_km, odo_km)
         duration_s = (end_t[c] - piece_start[c]) / 1000.0
         energy = np.clip(start_soc - end_soc, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
         fuel = np.clip(start_fuel - end_fuel, 0, None) / 100.0 * float(cfg["fuel_tank_l"])
@@ -340,19 +322,13 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
                            "idle_share": np.round(np.clip(idle_s / dur, 0, 1), 4),
                            "energy_kwh_per_100km": np.round(energy * per100, 3)})
 
-    # --- state: open trips kept, closed ones dropped ------------------------------------
-    updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
+    # --- state: open trips kept, closed ones dropped; the GPS odometer kept with an open trip,
+    # or on its own while fixes run ahead of the speed readings -------------------------
+    odometers: dict[int, tuple[Any, ...]] = {}
+    updates = _odometer_updates(stored, odo, report_t, cfg, odometers)
     keep = np.flatnonzero(~closed_mask)
     if keep.shape[0]:
-        if last_fix is not None:
-            has_fix = last_fix >= 0
-            at_fix = np.maximum(last_fix, 0)
-            f[12] = np.where(has_fix, p.lat[at_fix], f[12])  # type: ignore[union-attr]
-            f[13] = np.where(has_fix, p.lon[at_fix], f[13])  # type: ignore[union-attr]
         kept_v = piece_v[keep]
-        for row, times in ((25, report_t), (26, seen_fix_t)):
-            tv = times[kept_v]
-            f[row, keep] = np.where(tv != ops.NO_TIME, tv, np.nan)
         values = f[:, keep].T
         bad = ~np.isfinite(values)
         if bad.any():  # NaN (and infinity) as None, which is what the state store makes of them
@@ -360,17 +336,205 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             values[bad] = None
         # the values as the state store keeps them (plain Python), keyed in the order of STATE_FIELDS
         updates.update(zip(kept_v.tolist(), [
-            dict(zip(STATE_FIELDS, (i, t0, tm, *v), strict=True))
-            for i, t0, tm, v in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
-                                    last_moving_of[kept_v].tolist(), values.tolist(), strict=True)], strict=True))
+            dict(zip(STATE_FIELDS, (i, t0, tm, *v, *odometers.get(k, (r, None, None, None, None, []))),
+                     strict=True))
+            for k, i, t0, tm, v, r in zip(kept_v.tolist(), trip_id[keep].tolist(), piece_start[keep].tolist(),
+                                          last_moving_of[kept_v].tolist(), values.tolist(),
+                                          _plain_times(report_t[kept_v]), strict=True)], strict=True))
     ctx.save_states(updates, plain=True)
 
 
 # the float columns of the per-piece table, in the order the state lists them after
-# trip_id, start_t and last_moving_t (the last two: epoch ms of the latest report and fix)
+# trip_id, start_t and last_moving_t (the last two: the GPS odometer at the start and the end)
 F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "max_speed", *COUNTERS,
-            "last_lat", "last_lon", *PENDING, *END_VALUES, "last_report_t", "last_fix_t")
-STATE_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)  # the state's keys, in order
+            *PENDING, *END_VALUES, "start_gps_m", "end_gps_m")
+TRIP_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)
+# per vehicle: its latest report, and the GPS odometer: metres along its fixes up to the latest
+# one (at last_fix_t, last_lat/lon), and [t, metres] at fixes that came ahead of its reports
+ODOMETER_FIELDS = ("last_report_t", "gps_m", "last_fix_t", "last_lat", "last_lon", "ahead")
+STATE_FIELDS = (*TRIP_FIELDS, *ODOMETER_FIELDS)  # the state's keys, in order (no open trip: the last six)
+
+
+def _odometer_updates(stored: dict[int, dict[str, Any]], odo: _GpsOdometer, report_t: np.ndarray,
+                      cfg: Any, into: dict[int, tuple[Any, ...]] | None = None) -> dict[int, dict[str, Any] | None]:
+    """State writes for the vehicles seen here without an open trip: the GPS odometer while
+    fixes run ahead of the vehicle's reports, else nothing (stored state deleted). `into`
+    receives every vehicle's odometer part, for the open trips' states."""
+    updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
+    odometers = odo.states(report_t, int(cfg["gps_checkpoints"]), int(cfg["gps_ahead_s"]) * 1000)
+    for v, o in odometers.items():
+        if o[-1]:
+            updates[v] = dict(zip(ODOMETER_FIELDS, o, strict=True))
+    if into is not None:
+        into.update(odometers)
+    return updates
+
+
+def _migrated(st: dict[str, Any]) -> dict[str, Any]:
+    """A trip stored by the version that summed GPS hops into `dist_m`: the odometer starts at
+    0 at its last fix and the trip's start reads -dist_m, so the distance so far carries over
+    (the only way a start reads below 0)."""
+    if "dist_m" not in st or "start_gps_m" in st:
+        return st
+    out = dict(st)
+    out["start_gps_m"] = -float(st.get("dist_m") or 0.0)
+    if st.get("last_fix_t") is not None:  # it had fixes: its odometer goes on from the last one
+        out["gps_m"] = 0.0
+    return out
+
+
+def _plain_times(t: np.ndarray) -> list[int | None]:
+    return [None if x == ops.NO_TIME else x for x in t.tolist()]
+
+
+class _GpsOdometer:
+    """Metres along each vehicle's GPS fixes in the order of their times, across batches.
+
+    Fixes come on their own topic, possibly ahead of or behind the speed readings. The
+    odometer takes each vehicle's new fixes (later than its latest) as they arrive; `cum_at`
+    reads it at a time from this batch's fixes, the latest fix before it, or the checkpoints
+    kept of fixes that came ahead of the vehicle's reports (NaN where the fixes up to that
+    time are not in yet). Sums run over each vehicle's own hops only (ops.range_sum), so a
+    vehicle's odometer does not depend on the other vehicles of the batch.
+    """
+
+    def __init__(self, stored: dict[int, dict[str, Any]], p: Any, n_vins: int) -> None:
+        self.base = np.full(n_vins, np.nan)  # metres at the latest stored fix
+        lat0, lon0 = np.full(n_vins, np.nan), np.full(n_vins, np.nan)
+        t0 = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
+        with_gps = [(v, st) for v, st in stored.items() if st.get("gps_m") is not None]
+        pv = pt = np.empty(0, np.int64)
+        pc = np.empty(0)
+        if with_gps:
+            gv = np.array([v for v, _ in with_gps], dtype=np.int64)
+            got = np.array([(st["gps_m"], st["last_fix_t"], st.get("last_lat"), st.get("last_lon"))
+                            for _, st in with_gps], dtype=np.float64)  # None -> NaN
+            self.base[gv], t0[gv], lat0[gv], lon0[gv] = got[:, 0], got[:, 1].astype(np.int64), got[:, 2], got[:, 3]
+            # stored points, sorted by (vehicle, t): each vehicle's checkpoints, then its latest fix
+            n_ahead = [len(st.get("ahead") or ()) for _, st in with_gps]
+            if any(n_ahead):
+                flat = np.array([tc for _, st in with_gps for tc in (st.get("ahead") or ())],
+                                dtype=np.float64).reshape(-1, 2)
+                counts = np.array(n_ahead, dtype=np.int64) + 1
+                at = np.cumsum(counts) - 1  # where each vehicle's latest fix goes
+                pv = np.repeat(gv, counts)
+                pt, pc = np.empty(pv.shape[0], np.int64), np.empty(pv.shape[0])
+                mask = np.ones(pv.shape[0], dtype=bool)
+                mask[at] = False
+                pt[mask], pc[mask] = flat[:, 0].astype(np.int64), flat[:, 1]
+                pt[at], pc[at] = t0[gv], self.base[gv]
+            else:
+                pv, pt, pc = gv, t0[gv].copy(), self.base[gv].copy()
+        self.pv, self.pt, self.pc = pv, pt, pc
+        self.latest_t, self.latest_cum = t0, self.base.copy()
+        self.latest_lat, self.latest_lon = lat0, lon0
+        self.nv = self.nt = np.empty(0, np.int64)
+        self.hop = np.empty(0)
+        self.gstart = np.zeros(n_vins, dtype=np.int64)
+        if p is None or not len(p):
+            return
+        new = p.t > t0[p.vehicle]
+        nv, nt, lat, lon = p.vehicle[new], p.t[new], p.lat[new], p.lon[new]
+        if not nv.shape[0]:
+            return
+        hop = np.zeros(nv.shape[0])
+        if nv.shape[0] > 1:
+            hop[1:] = ops.haversine_m(lat[:-1], lon[:-1], lat[1:], lon[1:])
+        first = np.flatnonzero(ops.first_of_group(nv))
+        fv = nv[first]
+        into = ops.haversine_m(lat0[fv], lon0[fv], lat[first], lon[first])  # from the latest stored fix
+        hop[first] = np.where(np.isnan(into), 0.0, into)
+        last = np.append(first[1:], nv.shape[0]) - 1
+        self.nv, self.nt, self.hop = nv, nt, hop
+        self.gstart[fv] = first
+        self.base[fv] = np.where(np.isnan(self.base[fv]), 0.0, self.base[fv])
+        self.latest_t[fv], self.latest_lat[fv], self.latest_lon[fv] = nt[last], lat[last], lon[last]
+        self.latest_cum[fv] = self.base[fv] + ops.range_sum(hop, first, last + 1)
+
+    def _at_new(self, v: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Metres at new fix j of vehicle v."""
+        return self.base[v] + ops.range_sum(self.hop, self.gstart[v], j + 1)
+
+    def cum_at(self, v: np.ndarray, t: np.ndarray, *, first_after: Any = False) -> np.ndarray:
+        """The odometer at the latest fix at or before each (v, t); NaN while the vehicle's
+        fixes have not reached t. `first_after` (per query or for all): with no fix before t,
+        the first one after."""
+        out = np.full(v.shape[0], np.nan)
+        if not v.shape[0]:
+            return out
+        j = ops.asof_index(self.nv, self.nt, v, t) if self.nv.shape[0] else np.full(v.shape[0], -1)
+        hit = j >= 0
+        if hit.any():
+            out[hit] = self._at_new(v[hit], j[hit])
+        rest = np.flatnonzero(~hit)
+        if rest.shape[0] and self.pv.shape[0]:
+            k = ops.asof_index(self.pv, self.pt, v[rest], t[rest])
+            out[rest[k >= 0]] = self.pc[k[k >= 0]]
+        if np.any(first_after):  # the vehicle's earliest point, where none is at or before t
+            none = np.flatnonzero(np.isnan(out) & (self.latest_t[v] >= t) & first_after)
+            if none.shape[0]:
+                out[none] = self._earliest(v[none])
+        out[t > self.latest_t[v]] = np.nan
+        return out
+
+    def _earliest(self, v: np.ndarray) -> np.ndarray:
+        out = np.full(v.shape[0], np.nan)
+        if self.pv.shape[0]:
+            i = np.searchsorted(self.pv, v)
+            ok = (i < self.pv.shape[0]) & (self.pv[np.minimum(i, self.pv.shape[0] - 1)] == v)
+            out[ok] = self.pc[i[ok]]
+        if self.nv.shape[0]:
+            rest = np.flatnonzero(np.isnan(out))
+            i = np.searchsorted(self.nv, v[rest])
+            ok = (i < self.nv.shape[0]) & (self.nv[np.minimum(i, self.nv.shape[0] - 1)] == v[rest])
+            out[rest[ok]] = self._at_new(v[rest[ok]], i[ok])
+        return out
+
+    def states(self, report_t: np.ndarray, max_points: int, max_ahead_ms: int) -> dict[int, tuple[Any, ...]]:
+        """The odometer part of the state (values of ODOMETER_FIELDS) of every vehicle that has
+        one; `ahead` holds up to
+        `max_points` [t, metres] of the fixes later than the vehicle's latest report (and within
+        `max_ahead_ms` of its latest fix), the latest fix itself left out."""
+        has = np.flatnonzero(self.latest_t != ops.NO_TIME)
+        if not has.shape[0]:
+            return {}
+        # candidate checkpoints: stored points and new fixes, later than the latest report
+        av = [self.pv, self.nv]
+        at = [self.pt, self.nt]
+        src = [np.arange(self.pv.shape[0]), -1 - np.arange(self.nv.shape[0])]  # >= 0 stored, < 0 new
+        cv, ct, cs = np.concatenate(av), np.concatenate(at), np.concatenate(src)
+        floor = np.maximum(report_t[cv], self.latest_t[cv] - max_ahead_ms)
+        keep = (ct > floor) & (ct < self.latest_t[cv])
+        cv, ct, cs = cv[keep], ct[keep], cs[keep]
+        order = np.lexsort((ct, cv))
+        cv, ct, cs = cv[order], ct[order], cs[order]
+        if cv.shape[0]:
+            # at most max_points per vehicle, spread evenly over its checkpoints
+            new_group = ops.first_of_group(cv)
+            starts = np.flatnonzero(new_group)
+            size = np.diff(np.append(starts, cv.shape[0]))
+            rank = np.arange(cv.shape[0]) - np.repeat(starts, size)
+            n_of = np.repeat(size, size)
+            k = max(int(max_points), 2)
+            thin = n_of > k
+            i = (rank * (k - 1) + (n_of - 2)) // np.maximum(n_of - 1, 1)
+            chosen = ~thin | ((i * (n_of - 1)) // (k - 1) == rank)
+            cv, ct, cs = cv[chosen], ct[chosen], cs[chosen]
+        metres = np.empty(cs.shape[0])
+        stored_pt = cs >= 0
+        metres[stored_pt] = self.pc[cs[stored_pt]]
+        new_pt = np.flatnonzero(~stored_pt)
+        if new_pt.shape[0]:
+            j = -1 - cs[new_pt]
+            metres[new_pt] = self._at_new(self.nv[j], j)
+        ahead: dict[int, list[list[Any]]] = {}
+        for v, t, m in zip(cv.tolist(), ct.tolist(), metres.tolist(), strict=True):
+            ahead.setdefault(v, []).append([t, m])
+        reports = _plain_times(report_t[has])
+        return {v: (r, c, t, la, lo, ahead.get(v, []))
+                for v, r, c, t, la, lo in zip(has.tolist(), reports, self.latest_cum[has].tolist(),
+                                              self.latest_t[has].tolist(), self.latest_lat[has].tolist(),
+                                              self.latest_lon[has].tolist(), strict=True)}
 
 
 # What tells that a vehicle is still there: its speed, or (parked, ignition off: no speed) any
@@ -416,13 +580,13 @@ def _values_at(batch: HandlerInput, p: Any, v: np.ndarray, t: np.ndarray, ctx_ms
     return out
 
 
-_KINDS = ((7, HARSH[0], None), (8, HARSH[1], None), (9, HARSH[2], None), (10, SPEEDING, "duration_ms"),
-          (11, IDLING, "duration_s"))
+_KINDS = ((6, HARSH[0], None), (7, HARSH[1], None), (8, HARSH[2], None), (9, SPEEDING, "duration_ms"),
+          (10, IDLING, "duration_s"))
 
 
 def _event_sums(batch: HandlerInput, piece_v: np.ndarray, start: np.ndarray, end: np.ndarray,
                 out: np.ndarray) -> None:
-    """Per piece, into rows 7-11 of `out`: harsh-event counts by kind, speeding ms and idling s
+    """Per piece, into rows 6-10 of `out`: harsh-event counts by kind, speeding ms and idling s
     of events in its time range."""
     ev = batch.events
     if not len(ev):

@@ -254,14 +254,15 @@ def split_topics(batches: list[tuple[Readings, list[RawRecord]]], gps_first: boo
     return out
 
 
-@pytest.mark.parametrize(("gps_first", "tolerance"), [(False, 0.05), (True, 0.12)], ids=["gps-behind", "gps-ahead"])
+@pytest.mark.parametrize(("gps_first", "tolerance"), [(False, 0.04), (True, 0.005)], ids=["gps-behind", "gps-ahead"])
 def test_sensor_and_gps_frames_in_separate_batches_give_the_same_trips(gps_first: bool, tolerance: float) -> None:
     """Trips without an odometer measure distance along the GPS track. When the sensor and
     GPS frames of the same minutes come in separate batches (every batch split by topic, in
     either order), each trip must end at the same time and the fleet's trips must cover
     nearly the same track (GPS-only batches once added nothing: every distance was 0).
     Not exact: a trip that ends where the next starts in the same batch does not wait for
-    its last fixes, and fixes ahead of the speed readings are kept apart as a whole."""
+    its last fixes (GPS behind; its distance may even be unknown), and the odometer is read
+    at thinned checkpoints when many fixes run ahead of the speed readings (GPS ahead)."""
     odometer = "Vehicle.TraveledDistance"
     batches = fleet_batches(40, 3600, 10_000)
 
@@ -279,5 +280,6 @@ def test_sensor_and_gps_frames_in_separate_batches_give_the_same_trips(gps_first
     for key, data in whole.items():
         assert (data["trip_id"], data["duration_s"]) == (split[key]["trip_id"], split[key]["duration_s"])
     total = sum(d["distance_km"] for d in whole.values())
-    error = sum(abs(d["distance_km"] - split[k]["distance_km"]) for k, d in whole.items())
+    error = sum(abs(d["distance_km"] - split[k].get("distance_km", 0.0)) for k, d in whole.items())
     assert total > 20 and error <= tolerance * total, (total, error)
+    assert sum("distance_km" not in d for d in split.values()) <= 2

@@ -170,12 +170,13 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
                                                "V2": ("V2-60000", 60_000, 119_000, 20.0),
                                                "V3": ("V3-0", 0, 119_000, 30.0)}
     assert list(states["V3"]) == ["trip_id", "start_t", "last_moving_t", "start_lat", "start_lon",  # type: ignore[arg-type]
-                                  "start_odo", "start_soc", "start_fuel", "max_speed", "dist_m", "n_braking",
-                                  "n_acceleration", "n_cornering", "speeding_ms", "idle_s", "last_lat", "last_lon",
-                                  "pending_dist_m", "pending_n_braking", "pending_n_acceleration",
+                                  "start_odo", "start_soc", "start_fuel", "max_speed", "n_braking",
+                                  "n_acceleration", "n_cornering", "speeding_ms", "idle_s",
+                                  "pending_n_braking", "pending_n_acceleration",
                                   "pending_n_cornering", "pending_speeding_ms", "pending_idle_s",
-                                  "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel", "last_report_t",
-                                  "last_fix_t"]
+                                  "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel", "start_gps_m",
+                                  "end_gps_m", "last_report_t", "gps_m", "last_fix_t", "last_lat", "last_lon",
+                                  "ahead"]
 
 
 def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
