@@ -13,7 +13,9 @@ speed readings. The handler keeps a GPS odometer per vehicle (the distance along
 in the order of their times, wherever they arrive) with checkpoints of the fixes that run
 ahead of the speed readings, so a trip's GPS distance is that odometer at the trip's end
 minus at its start. A trip that ends at a stop waits for the vehicle's fixes to reach its
-end (for at most another `stop_s`, for a vehicle whose GPS went quiet).
+end (for at most another `stop_s`, for a vehicle whose GPS went quiet). When the topics
+drift further apart than that (a backlog, a replay at full speed: hours of event time), the
+GPS distance is approximate or wrong; aligning the topics before the handlers is open work.
 
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
@@ -81,7 +83,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     if p is not None and len(p):
         rows = np.flatnonzero(ops.last_of_group(p.vehicle))
         fix_t[p.vehicle[rows]], fix_rec[p.vehicle[rows]] = p.t[rows], p.record[rows]
-    # vehicles that report, and (for the distance of an open trip) those that only send fixes
+    # vehicles that report, and those that only send fixes (their GPS odometers move on)
     seen = np.flatnonzero((last_t != ops.NO_TIME) | (fix_t != ops.NO_TIME))
     if not seen.shape[0]:
         return
