@@ -292,7 +292,10 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         end_lat, end_lon, end_odo, end_soc, end_fuel = f[16:21, c]
         n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:11, c]
         # GPS: the odometer at the end (the latest one for a vehicle whose fixes stopped coming)
-        gps_end = np.where(np.isnan(f[22, c]), odo.latest_cum[piece_v[c]], f[22, c])
+        # GPS: the odometer at the end; for a vehicle whose fixes stopped before the end, its latest
+        # (a fix later than the end but no reading at or before it: unknown, the fixes drifted too far)
+        quiet = np.isnan(f[22, c]) & (odo.latest_t[piece_v[c]] < end_t[c])
+        gps_end = np.where(quiet, odo.latest_cum[piece_v[c]], f[22, c])
         gps_end = np.where(np.isnan(gps_end) & (f[21, c] < 0), 0.0, gps_end)  # a migrated trip, no GPS since
         gps_km = np.clip(gps_end - f[21, c], 0, None) / 1000.0
         odo_km = (end_odo - start_odo) / 1000.0
@@ -338,8 +341,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             values[bad] = None
         # the values as the state store keeps them (plain Python), keyed in the order of STATE_FIELDS
         updates.update(zip(kept_v.tolist(), [
-            dict(zip(STATE_FIELDS, (i, t0, tm, *v, *odometers.get(k, (r, None, None, None, None, []))),
-                     strict=True))
+            dict(zip(STATE_FIELDS, (i, t0, tm, *v, *odometers.get(k, (r, *NO_ODOMETER))), strict=True))
             for k, i, t0, tm, v, r in zip(kept_v.tolist(), trip_id[keep].tolist(), piece_start[keep].tolist(),
                                           last_moving_of[kept_v].tolist(), values.tolist(),
                                           _plain_times(report_t[kept_v]), strict=True)], strict=True))
@@ -353,8 +355,9 @@ F_FIELDS = ("start_lat", "start_lon", "start_odo", "start_soc", "start_fuel", "m
 TRIP_FIELDS = ("trip_id", "start_t", "last_moving_t", *F_FIELDS)
 # per vehicle: its latest report, and the GPS odometer: metres along its fixes up to the latest
 # one (at last_fix_t, last_lat/lon), and [t, metres] at fixes that came ahead of its reports
-ODOMETER_FIELDS = ("last_report_t", "gps_m", "last_fix_t", "last_lat", "last_lon", "ahead")
-STATE_FIELDS = (*TRIP_FIELDS, *ODOMETER_FIELDS)  # the state's keys, in order (no open trip: the last six)
+ODOMETER_FIELDS = ("last_report_t", "gps_m", "gps_since_t", "last_fix_t", "last_lat", "last_lon", "ahead")
+STATE_FIELDS = (*TRIP_FIELDS, *ODOMETER_FIELDS)  # the state's keys, in order (no open trip: the last seven)
+NO_ODOMETER: tuple[Any, ...] = (None, None, None, None, None, [])  # ODOMETER_FIELDS after last_report_t
 
 
 def _odometer_updates(stored: dict[int, dict[str, Any]], odo: _GpsOdometer, report_t: np.ndarray,
@@ -404,14 +407,17 @@ class _GpsOdometer:
         self.base = np.full(n_vins, np.nan)  # metres at the latest stored fix
         lat0, lon0 = np.full(n_vins, np.nan), np.full(n_vins, np.nan)
         t0 = np.full(n_vins, ops.NO_TIME, dtype=np.int64)
+        self.since = np.full(n_vins, ops.NO_TIME, dtype=np.int64)  # time of the odometer's first fix
         with_gps = [(v, st) for v, st in stored.items() if st.get("gps_m") is not None]
         pv = pt = np.empty(0, np.int64)
         pc = np.empty(0)
         if with_gps:
             gv = np.array([v for v, _ in with_gps], dtype=np.int64)
-            got = np.array([(st["gps_m"], st["last_fix_t"], st.get("last_lat"), st.get("last_lon"))
-                            for _, st in with_gps], dtype=np.float64)  # None -> NaN
+            got = np.array([(st["gps_m"], st["last_fix_t"], st.get("last_lat"), st.get("last_lon"),
+                             st.get("gps_since_t", st["last_fix_t"])) for _, st in with_gps],
+                           dtype=np.float64)  # None -> NaN
             self.base[gv], t0[gv], lat0[gv], lon0[gv] = got[:, 0], got[:, 1].astype(np.int64), got[:, 2], got[:, 3]
+            self.since[gv] = got[:, 4].astype(np.int64)
             # stored points, sorted by (vehicle, t): each vehicle's checkpoints, then its latest fix
             n_ahead = [len(st.get("ahead") or ()) for _, st in with_gps]
             if any(n_ahead):
@@ -449,7 +455,9 @@ class _GpsOdometer:
         last = np.append(first[1:], nv.shape[0]) - 1
         self.nv, self.nt, self.hop = nv, nt, hop
         self.gstart[fv] = first
-        self.base[fv] = np.where(np.isnan(self.base[fv]), 0.0, self.base[fv])
+        fresh = np.isnan(self.base[fv])  # a new odometer: 0 at its first fix
+        self.since[fv[fresh]] = nt[first[fresh]]
+        self.base[fv] = np.where(fresh, 0.0, self.base[fv])
         self.latest_t[fv], self.latest_lat[fv], self.latest_lon[fv] = nt[last], lat[last], lon[last]
         self.latest_cum[fv] = self.base[fv] + ops.range_sum(hop, first, last + 1)
 
@@ -459,8 +467,8 @@ class _GpsOdometer:
 
     def cum_at(self, v: np.ndarray, t: np.ndarray, *, first_after: Any = False) -> np.ndarray:
         """The odometer at the latest fix at or before each (v, t); NaN while the vehicle's
-        fixes have not reached t. `first_after` (per query or for all): with no fix before t,
-        the first one after."""
+        fixes have not reached t. `first_after` (per query or for all): for a time before the
+        odometer's first fix, the reading there (0)."""
         out = np.full(v.shape[0], np.nan)
         if not v.shape[0]:
             return out
@@ -472,24 +480,10 @@ class _GpsOdometer:
         if rest.shape[0] and self.pv.shape[0]:
             k = ops.asof_index(self.pv, self.pt, v[rest], t[rest])
             out[rest[k >= 0]] = self.pc[k[k >= 0]]
-        if np.any(first_after):  # the vehicle's earliest point, where none is at or before t
-            none = np.flatnonzero(np.isnan(out) & (self.latest_t[v] >= t) & first_after)
-            if none.shape[0]:
-                out[none] = self._earliest(v[none])
+        if np.any(first_after):
+            before = np.isnan(out) & (self.latest_t[v] >= t) & (t < self.since[v]) & first_after
+            out[before] = 0.0
         out[t > self.latest_t[v]] = np.nan
-        return out
-
-    def _earliest(self, v: np.ndarray) -> np.ndarray:
-        out = np.full(v.shape[0], np.nan)
-        if self.pv.shape[0]:
-            i = np.searchsorted(self.pv, v)
-            ok = (i < self.pv.shape[0]) & (self.pv[np.minimum(i, self.pv.shape[0] - 1)] == v)
-            out[ok] = self.pc[i[ok]]
-        if self.nv.shape[0]:
-            rest = np.flatnonzero(np.isnan(out))
-            i = np.searchsorted(self.nv, v[rest])
-            ok = (i < self.nv.shape[0]) & (self.nv[np.minimum(i, self.nv.shape[0] - 1)] == v[rest])
-            out[rest[ok]] = self._at_new(v[rest[ok]], i[ok])
         return out
 
     def states(self, report_t: np.ndarray, max_points: int, max_ahead_ms: int) -> dict[int, tuple[Any, ...]]:
@@ -533,10 +527,11 @@ class _GpsOdometer:
         for v, t, m in zip(cv.tolist(), ct.tolist(), metres.tolist(), strict=True):
             ahead.setdefault(v, []).append([t, m])
         reports = _plain_times(report_t[has])
-        return {v: (r, c, t, la, lo, ahead.get(v, []))
-                for v, r, c, t, la, lo in zip(has.tolist(), reports, self.latest_cum[has].tolist(),
-                                              self.latest_t[has].tolist(), self.latest_lat[has].tolist(),
-                                              self.latest_lon[has].tolist(), strict=True)}
+        return {v: (r, c, since, t, la, lo, ahead.get(v, []))
+                for v, r, c, since, t, la, lo in zip(has.tolist(), reports, self.latest_cum[has].tolist(),
+                                                     self.since[has].tolist(), self.latest_t[has].tolist(),
+                                                     self.latest_lat[has].tolist(), self.latest_lon[has].tolist(),
+                                                     strict=True)}
 
 
 # What tells that a vehicle is still there: its speed, or (parked, ignition off: no speed) any

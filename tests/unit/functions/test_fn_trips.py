@@ -175,7 +175,8 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
                                   "pending_n_braking", "pending_n_acceleration",
                                   "pending_n_cornering", "pending_speeding_ms", "pending_idle_s",
                                   "end_lat", "end_lon", "end_odo", "end_soc", "end_fuel", "start_gps_m",
-                                  "end_gps_m", "last_report_t", "gps_m", "last_fix_t", "last_lat", "last_lon",
+                                  "end_gps_m", "last_report_t", "gps_m", "gps_since_t", "last_fix_t", "last_lat",
+                                  "last_lon",
                                   "ahead"]
 
 
@@ -321,3 +322,31 @@ def test_a_trip_does_not_wait_for_fixes_that_stopped_coming(shipped) -> None:
     [ended] = h.run({"V1": {SPEED: (t[last] * S, np.zeros(last.sum()))}}).events_of("fleet.trip.ended")
     h.close()
     assert ended["time"] == 99_000
+
+
+def test_fixes_far_ahead_of_the_speed_give_no_distance_rather_than_a_wrong_one(shipped) -> None:
+    """GPS hours ahead of the speed readings (a backlog): the fixes of the trip's time are no
+    longer kept (gps_ahead_s), so the trip has no GPS distance instead of a made-up one."""
+    t = np.arange(0, 500)
+    far = np.arange(10_000, 20_000, 5)
+    fix_t = np.concatenate([t, far])
+    lat = np.concatenate([34.0 + 0.0001 * np.minimum(t, 99), np.full(far.shape[0], 35.0)])
+    h = HandlerHarness(shipped("trips"))
+    h.run({"V1": {LAT: (fix_t * S, lat), LON: (fix_t * S, np.full(fix_t.shape[0], -6.8))}})
+    [ended] = h.run({"V1": {SPEED: (t * S, np.where(t < 100, 40.0, 0.0))}}).events_of("fleet.trip.ended")
+    h.close()
+    assert (ended["time"], ended["duration_s"]) == (99_000, 99.0)
+    assert "distance_km" not in ended
+
+
+def test_fixes_a_little_ahead_of_the_speed_are_read_at_the_trip_times(shipped) -> None:
+    """GPS a few minutes ahead: the fixes wait as checkpoints until the speed readings say
+    where the trip starts and ends."""
+    t = np.arange(0, 500)
+    lat = 34.0 + 0.0001 * np.minimum(t, 99)
+    h = HandlerHarness(shipped("trips"))
+    h.run({"V1": {LAT: (t * S, lat), LON: (t * S, np.full(500, -6.8))}})
+    assert h.state.get("trips", "V1")["ahead"]  # type: ignore[index]
+    [ended] = h.run({"V1": {SPEED: (t * S, np.where(t < 100, 40.0, 0.0))}}).events_of("fleet.trip.ended")
+    h.close()
+    assert ended["distance_km"] == pytest.approx(99 * 0.0111195, rel=0.05)  # read at thinned checkpoints
