@@ -15,7 +15,7 @@ ahead of the speed readings, so a trip's GPS distance is that odometer at the tr
 minus at its start. A trip that ends at a stop waits for the vehicle's fixes to reach its
 end (for at most another `stop_s`, for a vehicle whose GPS went quiet). When the topics
 drift further apart than that (a backlog, a replay at full speed: hours of event time), the
-GPS distance is approximate or wrong; aligning the topics before the handlers is open work.
+GPS distance is approximate or absent; aligning the topics before the handlers is open work.
 
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
@@ -147,7 +147,8 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     nb = b_v.shape[0]
     n = nc + nb
     if not n:  # no trip here: only the GPS odometers move on
-        ctx.save_states(_odometer_updates(stored, odo, report_t, cfg), plain=True)
+        odometers = odo.states(report_t, int(cfg["gps_checkpoints"]), int(cfg["gps_ahead_s"]) * 1000)
+        ctx.save_states(_odometer_updates(stored, odometers), plain=True)
         return
     if nc and nb:
         piece_v, piece_start = np.concatenate((cv, b_v)), np.concatenate((c_start, b_t))
@@ -291,7 +292,6 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5, c]
         end_lat, end_lon, end_odo, end_soc, end_fuel = f[16:21, c]
         n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:11, c]
-        # GPS: the odometer at the end (the latest one for a vehicle whose fixes stopped coming)
         # GPS: the odometer at the end; for a vehicle whose fixes stopped before the end, its latest
         # (a fix later than the end but no reading at or before it: unknown, the fixes drifted too far)
         quiet = np.isnan(f[22, c]) & (odo.latest_t[piece_v[c]] < end_t[c])
@@ -329,8 +329,8 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
 
     # --- state: open trips kept, closed ones dropped; the GPS odometer kept with an open trip,
     # or on its own while fixes run ahead of the speed readings -------------------------
-    odometers: dict[int, tuple[Any, ...]] = {}
-    updates = _odometer_updates(stored, odo, report_t, cfg, odometers)
+    odometers = odo.states(report_t, int(cfg["gps_checkpoints"]), int(cfg["gps_ahead_s"]) * 1000)
+    updates = _odometer_updates(stored, odometers)
     keep = np.flatnonzero(~closed_mask)
     if keep.shape[0]:
         kept_v = piece_v[keep]
@@ -360,18 +360,14 @@ STATE_FIELDS = (*TRIP_FIELDS, *ODOMETER_FIELDS)  # the state's keys, in order (n
 NO_ODOMETER: tuple[Any, ...] = (None, None, None, None, None, [])  # ODOMETER_FIELDS after last_report_t
 
 
-def _odometer_updates(stored: dict[int, dict[str, Any]], odo: _GpsOdometer, report_t: np.ndarray,
-                      cfg: Any, into: dict[int, tuple[Any, ...]] | None = None) -> dict[int, dict[str, Any] | None]:
+def _odometer_updates(stored: dict[int, dict[str, Any]],
+                      odometers: dict[int, tuple[Any, ...]]) -> dict[int, dict[str, Any] | None]:
     """State writes for the vehicles seen here without an open trip: the GPS odometer while
-    fixes run ahead of the vehicle's reports, else nothing (stored state deleted). `into`
-    receives every vehicle's odometer part, for the open trips' states."""
+    fixes run ahead of the vehicle's reports, else nothing (stored state deleted)."""
     updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
-    odometers = odo.states(report_t, int(cfg["gps_checkpoints"]), int(cfg["gps_ahead_s"]) * 1000)
     for v, o in odometers.items():
-        if o[-1]:
+        if o[-1]:  # checkpoints ahead
             updates[v] = dict(zip(ODOMETER_FIELDS, o, strict=True))
-    if into is not None:
-        into.update(odometers)
     return updates
 
 
@@ -488,9 +484,8 @@ class _GpsOdometer:
 
     def states(self, report_t: np.ndarray, max_points: int, max_ahead_ms: int) -> dict[int, tuple[Any, ...]]:
         """The odometer part of the state (values of ODOMETER_FIELDS) of every vehicle that has
-        one; `ahead` holds up to
-        `max_points` [t, metres] of the fixes later than the vehicle's latest report (and within
-        `max_ahead_ms` of its latest fix), the latest fix itself left out."""
+        one; `ahead` holds up to `max_points` [t, metres] of the fixes later than the vehicle's
+        latest report (and within `max_ahead_ms` of its latest fix), the latest fix left out."""
         has = np.flatnonzero(self.latest_t != ops.NO_TIME)
         if not has.shape[0]:
             return {}
