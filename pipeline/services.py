@@ -894,7 +894,10 @@ def reset(settings: ServiceSettings | None = None) -> None:
     for service in _local_services(settings):
         data = service.home / "data"
         if data.exists():
-            shutil.rmtree(data)
+            try:
+                shutil.rmtree(data)
+            except OSError as exc:
+                raise ServiceError(f"{service.name}: could not delete {data}: {exc}") from exc
             say(f"{service.name}: deleted its data in {data}")
         else:
             say(f"{service.name}: no data to delete")
