@@ -14,6 +14,18 @@ LONG, LAT_ACC = "Vehicle.Acceleration.Longitudinal", "Vehicle.Acceleration.Later
 S = 1000
 
 
+@pytest.fixture
+def trip_state(shipped):  # type: ignore[no-untyped-def]
+    """`trip_state(h, "V1")`: the vehicle's trips state with its fields named (or None)."""
+    named = shipped("trips").fn.__globals__["named"]
+
+    def get(h: HandlerHarness, vin: str) -> dict | None:
+        st = h.state.get("trips", vin)
+        return None if st is None else named(st)
+
+    return get
+
+
 def drive(t_s: np.ndarray, moving: np.ndarray, brake_at_s: list[int]) -> dict:
     """1 Hz speed, odometer (+10 m per moving second), SoC, GPS; 10 Hz braking bursts."""
     t = t_s * S
@@ -65,7 +77,7 @@ def test_trip_spanning_batches_with_summary_and_features(shipped) -> None:
     assert h.state.get("trips", "V1") is None  # closed trips leave no state
 
 
-def test_a_long_pause_splits_trips_within_one_batch(shipped) -> None:
+def test_a_long_pause_splits_trips_within_one_batch(shipped, trip_state) -> None:
     t = np.concatenate([np.arange(0, 61), np.arange(1000, 1061)])
     h = HandlerHarness(shipped("trips"))
     out = h.run({"V1": {SPEED: (t * S, np.full(t.shape[0], 30.0))}})
@@ -73,7 +85,7 @@ def test_a_long_pause_splits_trips_within_one_batch(shipped) -> None:
     assert [e["time"] for e in out.events_of("fleet.trip.started")] == [0, 1_000_000]
     [ended] = out.events_of("fleet.trip.ended")
     assert (ended["time"], ended["duration_s"]) == (60_000, 60.0)
-    assert h.state.get("trips", "V1")["trip_id"] == "V1-1000000"  # type: ignore[index]
+    assert trip_state(h, "V1")["trip_id"] == "V1-1000000"  # type: ignore[index]
 
 
 def test_gps_distance_is_the_same_whether_or_not_the_trip_is_split(shipped) -> None:
@@ -128,7 +140,7 @@ def test_state_restored_from_the_changelog_continues_the_trip(shipped) -> None:
     assert (ended["trip_id"], ended["time"], ended["duration_s"]) == ("V1-0", 99_000, 99.0)
 
 
-def test_late_readings_from_before_an_open_trip_do_not_break_it(shipped) -> None:
+def test_late_readings_from_before_an_open_trip_do_not_break_it(shipped, trip_state) -> None:
     # An open trip started at t=10000 s; a late upload then brings readings from t=100..160 s
     # together with the trip's continuation. Every event time must be a real time, and the
     # open trip must not be ended or restarted by the late data.
@@ -142,10 +154,10 @@ def test_late_readings_from_before_an_open_trip_do_not_break_it(shipped) -> None
     times = [e["time"] for e in out.events_of()]
     assert all(0 <= t < 4_102_444_800_000 for t in times), times
     assert out.events_of("fleet.trip.started") == []
-    assert h.state.get("trips", "V1")["trip_id"] == "V1-10000000"  # type: ignore[index]
+    assert trip_state(h, "V1")["trip_id"] == "V1-10000000"  # type: ignore[index]
 
 
-def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> None:
+def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped, trip_state) -> None:
     # vehicle V1 carries an open trip into a batch where it pauses longer than stop_s and drives
     # again; V2 (no trip yet) starts one in the same batch and V3 just keeps its open trip.
     h = HandlerHarness(shipped("trips"))
@@ -164,7 +176,7 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
     assert feat["trip_id"] == "V1-0" and feat["max_speed_kmh"] == 30.0
     assert [(e["trip_id"], e["time"]) for e in out.events_of("fleet.trip.started")] == [
         ("V1-1000000", 1_000_000), ("V2-60000", 60_000)]
-    states = {vin: h.state.get("trips", vin) for vin in ("V1", "V2", "V3")}
+    states = {vin: trip_state(h, vin) for vin in ("V1", "V2", "V3")}
     assert {vin: (st["trip_id"], st["start_t"], st["last_moving_t"], st["max_speed"])  # type: ignore[index]
             for vin, st in states.items()} == {"V1": ("V1-1000000", 1_000_000, 1_049_000, 30.0),
                                                "V2": ("V2-60000", 60_000, 119_000, 20.0),
@@ -178,6 +190,30 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped) -> No
                                   "end_gps_m", "last_report_t", "gps_m", "gps_since_t", "last_fix_t", "last_lat",
                                   "last_lon",
                                   "ahead"]
+
+
+def test_a_state_stored_with_named_fields_carries_on_the_same(shipped, trip_state) -> None:
+    """States written by the version that kept every field under its name are read as they
+    are: the trip ends with the same summary as when its state was never converted."""
+    from pipeline.handlers.state import StateStore
+
+    t_all = np.arange(0, 900)
+    full = drive(t_all, (t_all >= 10) & (t_all < 400), [])
+    first = {"V1": {k: (tv[0][tv[0] < 300 * S], tv[1][tv[0] < 300 * S]) for k, tv in full.items()}}
+    rest = {"V1": {k: (tv[0][tv[0] >= 300 * S], tv[1][tv[0] >= 300 * S]) for k, tv in full.items()}}
+    h = HandlerHarness(shipped("trips"))
+    h.run(first)
+    old = trip_state(h, "V1")
+    assert old is not None and old["trip_id"] == "V1-10000" and "odo" not in old
+    store = StateStore()
+    store.load([("trips/V1", old)])
+    h2 = HandlerHarness(shipped("trips"), state=store)
+    [kept] = h.run(rest).events_of("fleet.trip.ended")
+    [converted] = h2.run(rest).events_of("fleet.trip.ended")
+    h.close()
+    h2.close()
+    assert {k: v for k, v in converted.items() if k != "id"} == {k: v for k, v in kept.items() if k != "id"}
+    assert kept["distance_km"] == 3.89  # odometer from the first moving second to the last
 
 
 def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
@@ -195,7 +231,7 @@ def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
     assert h.state.get("trips", "V1") is None
 
 
-def test_harsh_counts_of_open_trips_are_per_vehicle_with_many_vehicles(shipped) -> None:
+def test_harsh_counts_of_open_trips_are_per_vehicle_with_many_vehicles(shipped, trip_state) -> None:
     """Eight vehicles, one harsh braking each while their trips are open: each trip counts one.
 
     (Events are counted into open trips up to an "open end" far in the future; that end
@@ -212,7 +248,7 @@ def test_harsh_counts_of_open_trips_are_per_vehicle_with_many_vehicles(shipped) 
     h = HandlerHarness(shipped("harsh_driving"), shipped("speeding"), shipped("idling"), shipped("trips"))
     first = h.run(part(0, 300, brake=True))
     assert len(first.events_of("fleet.driving.harsh_braking")) == 8
-    assert [h.state.get("trips", v)["n_braking"] for v in vins] == [1] * 8
+    assert [trip_state(h, v)["n_braking"] for v in vins] == [1] * 8
     second = h.run(part(300, 900, brake=False))
     h.close()
     ended = sorted(second.events_of("fleet.trip.ended"), key=lambda e: e["subject"])
@@ -266,7 +302,7 @@ def test_a_parked_ev_that_reports_only_its_battery_ends_its_trip(shipped) -> Non
     assert h.state.get("trips", "V1") is None
 
 
-def test_gps_fixes_alone_do_not_end_a_trip(shipped) -> None:
+def test_gps_fixes_alone_do_not_end_a_trip(shipped, trip_state) -> None:
     """Fixes come on their own topic and may run ahead of the speed readings: they are no
     proof that the vehicle stood still."""
     h = HandlerHarness(shipped("trips"))
@@ -277,7 +313,7 @@ def test_gps_fixes_alone_do_not_end_a_trip(shipped) -> None:
                         LON: (fixes * S, np.full(fixes.shape[0], -6.8))}})
     h.close()
     assert out.events_of("fleet.trip.ended") == []
-    assert h.state.get("trips", "V1")["last_moving_t"] == 99_000  # type: ignore[index]
+    assert trip_state(h, "V1")["last_moving_t"] == 99_000  # type: ignore[index]
 
 
 def test_a_trip_waits_for_its_fixes_when_the_gps_lags_the_speed(shipped) -> None:
@@ -339,14 +375,14 @@ def test_fixes_far_ahead_of_the_speed_give_no_distance_rather_than_a_wrong_one(s
     assert "distance_km" not in ended
 
 
-def test_fixes_a_little_ahead_of_the_speed_are_read_at_the_trip_times(shipped) -> None:
+def test_fixes_a_little_ahead_of_the_speed_are_read_at_the_trip_times(shipped, trip_state) -> None:
     """GPS a few minutes ahead: the fixes wait as checkpoints until the speed readings say
     where the trip starts and ends."""
     t = np.arange(0, 500)
     lat = 34.0 + 0.0001 * np.minimum(t, 99)
     h = HandlerHarness(shipped("trips"))
     h.run({"V1": {LAT: (t * S, lat), LON: (t * S, np.full(500, -6.8))}})
-    assert h.state.get("trips", "V1")["ahead"]  # type: ignore[index]
+    assert trip_state(h, "V1")["ahead"]  # type: ignore[index]
     [ended] = h.run({"V1": {SPEED: (t * S, np.where(t < 100, 40.0, 0.0))}}).events_of("fleet.trip.ended")
     h.close()
     assert ended["distance_km"] == pytest.approx(99 * 0.0111195, rel=0.05)  # read at thinned checkpoints
