@@ -334,7 +334,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             values = values.astype(object)
             values[bad] = None
         # the values as the state store keeps them (plain Python), in the compact layout
-        no_odometer = (None, None, None, None, None, None, [])  # odometer state of a vehicle without fixes
+        no_odometer: tuple[Any, ...] = (None, None, None, None, None, None, [])  # odometer state of a vehicle without fixes
         updates.update(zip(kept_v.tolist(), [
             {"trip": [i, t0, tm, *v], "odo": [r, *o[1:6]], "ahead": o[6]}
             for i, t0, tm, v, r, o in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
