@@ -234,28 +234,41 @@ class EventBatch:
         if len(parts) == 1:
             return parts[0]
         lengths = [len(b) for b in parts]
-        attr_names = list(dict.fromkeys(k for b in parts for k in b.attrs))
-        data_names = list(dict.fromkeys(k for b in parts for k in b.data))
+        total = sum(lengths)
+        bounds = list(zip(np.cumsum([0, *lengths[:-1]]).tolist(), np.cumsum(lengths).tolist(), strict=True))
+        attr_srcs = [b.attrs for b in parts]
+        data_srcs = [b.data for b in parts]
 
-        def column(getter: str, name: str) -> np.ndarray:
-            chunks = []
-            kinds = [getattr(b, getter)[name] for b in parts if name in getattr(b, getter)]
-            dtype = np.result_type(*kinds) if all(k.dtype != object for k in kinds) else np.dtype(object)
-            for b, n in zip(parts, lengths, strict=True):
-                src = getattr(b, getter)
-                if name in src:
-                    chunks.append(src[name].astype(dtype, copy=False))
-                else:
-                    chunks.append(np.full(n, None, dtype=object) if dtype == np.dtype(object) else np.zeros(n, dtype=dtype))
-            return np.concatenate(chunks)
+        def column(srcs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+            arrs = [src.get(name) for src in srcs]
+            have = [a for a in arrs if a is not None]
+            dtype = have[0].dtype
+            if any(a.dtype != dtype for a in have):
+                dtype = np.dtype(object) if any(a.dtype.kind == "O" for a in have) else np.result_type(*have)
+            if len(have) == len(arrs):
+                return np.concatenate(have, dtype=dtype)  # type: ignore[call-overload]
+            # rows of batches without the field: None (object) or 0, masked by `present`
+            out = np.empty(total, dtype=dtype) if dtype.kind == "O" else np.zeros(total, dtype=dtype)
+            for a, (lo, hi) in zip(arrs, bounds, strict=True):
+                if a is not None:
+                    out[lo:hi] = a
+            return out
 
-        attrs = {k: column("attrs", k) for k in attr_names}
-        data = {k: column("data", k) for k in data_names}
+        attrs = {k: column(attr_srcs, k) for k in dict.fromkeys(k for src in attr_srcs for k in src)}
+        data_names = list(dict.fromkeys(k for src in data_srcs for k in src))
+        data = {k: column(data_srcs, k) for k in data_names}
         present: dict[str, BoolArray] = {}
+        masks = [b.present for b in parts]
         for name in data_names:
-            if all(name in b.data and name not in b.present for b in parts):
+            if all(name in src and name not in m for src, m in zip(data_srcs, masks, strict=True)):
                 continue
-            present[name] = np.concatenate([b.is_present(name) for b in parts])
+            mask = np.ones(total, dtype=bool)
+            for src, m, (lo, hi) in zip(data_srcs, masks, bounds, strict=True):
+                if name not in src:
+                    mask[lo:hi] = False
+                elif name in m:
+                    mask[lo:hi] = m[name]
+            present[name] = mask
         return EventBatch(attrs=attrs, data=data, present=present,
                           origin=np.concatenate([b.origin for b in parts]))
 

@@ -482,3 +482,39 @@ def test_header_names_are_case_insensitive() -> None:
     upper = RawRecord("t", 0, 0, rec.key, rec.value, tuple((k.upper(), v) for k, v in rec.headers), 1)
     readings, dead = decode_records([upper])
     assert not dead and len(readings) == 5
+
+
+def _event_part(draw: Any, n: int, fields: list[str]) -> EventBatch:
+    """A batch of n events of one type with some of the given data fields, some values absent."""
+    kinds = {"count": np.int64, "ratio": np.float64, "label": object, "flag": np.bool_}
+    data: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for name in fields:
+        kind = kinds[name.split(".")[0]]
+        if kind is object:
+            data[name] = np.array([f"s{i}" for i in range(n)], dtype=object)
+        else:
+            data[name] = np.arange(n).astype(kind)
+        if draw(st.booleans()):
+            present[name] = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    return EventBatch.build(type=f"t.{len(fields)}", source="/s", vin=[f"V{i}" for i in range(n)],
+                            time=np.arange(n, dtype=np.int64), origin=np.arange(n), ids=[""] * n,
+                            data=data, present=present)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_concat_keeps_every_row_its_fields_and_their_types(data: Any) -> None:
+    """Concatenating batches with different fields: each row reads as in its own batch, fields a
+    batch lacks are absent in its rows, and a column takes the common type of its parts."""
+    names = ["count.a", "count.b", "ratio.a", "label.a", "flag.a"]
+    sizes = data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=5))
+    parts = [_event_part(data.draw, n, data.draw(st.lists(st.sampled_from(names), unique=True, max_size=4)))
+             for n in sizes]
+    out = EventBatch.concat(parts)
+    assert len(out) == sum(sizes)
+    assert out.rows() == [row for p in parts for row in p.rows()]
+    assert out.origin.tolist() == [o for p in parts for o in p.origin.tolist()]
+    for name, col in out.data.items():
+        dtypes = {p.data[name].dtype for p in parts if len(p) and name in p.data}
+        assert col.dtype == (dtypes.pop() if len(dtypes) == 1 else np.result_type(*dtypes))
