@@ -521,9 +521,8 @@ class _GpsOdometer:
         if cv.shape[0]:
             # at most max_points per vehicle, spread evenly over its checkpoints
             new_group = ops.first_of_group(cv)
-            starts = np.flatnonzero(new_group)
-            size = np.diff(np.append(starts, cv.shape[0]))
-            rank = np.arange(cv.shape[0]) - np.repeat(starts, size)
+            rank = ops.rank_in_group(new_group)
+            size = np.diff(np.append(np.flatnonzero(new_group), cv.shape[0]))
             n_of = np.repeat(size, size)
             k = max(int(max_points), 2)
             thin = n_of > k
