@@ -333,14 +333,14 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         if bad.any():  # NaN (and infinity) as None, which is what the state store makes of them
             values = values.astype(object)
             values[bad] = None
-        # the values as the state store keeps them (plain Python), in the compact layout
-        no_odometer: tuple[Any, ...] = (None, None, None, None, None, None, [])  # odometer state of a vehicle without fixes
+        # the values as the state store keeps them (plain Python), in the compact layout; a
+        # vehicle without fixes keeps its latest report only
+        odo_parts = [odometers.get(k) or ([r, None, None, None, None, None], [])
+                     for k, r in zip(kept_v.tolist(), _plain_times(report_t[kept_v]), strict=True)]
         updates.update(zip(kept_v.tolist(), [
-            {"trip": [i, t0, tm, *v], "odo": [r, *o[1:6]], "ahead": o[6]}
-            for i, t0, tm, v, r, o in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
-                                          last_moving_of[kept_v].tolist(), values.tolist(),
-                                          _plain_times(report_t[kept_v]),
-                                          [odometers.get(k, no_odometer) for k in kept_v.tolist()], strict=True)],
+            {"trip": [i, t0, tm, *v], "odo": o[0], "ahead": o[1]}
+            for i, t0, tm, v, o in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
+                                       last_moving_of[kept_v].tolist(), values.tolist(), odo_parts, strict=True)],
             strict=True))
     ctx.save_states(updates, plain=True)
 
@@ -370,13 +370,13 @@ def named(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _odometer_updates(stored: dict[int, dict[str, Any]],
-                      odometers: dict[int, tuple[Any, ...]]) -> dict[int, dict[str, Any] | None]:
+                      odometers: dict[int, tuple[list[Any], list[list[Any]]]]) -> dict[int, dict[str, Any] | None]:
     """State writes for the vehicles seen here without an open trip: the GPS odometer while
     fixes run ahead of the vehicle's reports, else nothing (stored state deleted)."""
     updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
-    for v, o in odometers.items():
-        if o[-1]:  # checkpoints ahead
-            updates[v] = {"odo": list(o[:6]), "ahead": o[6]}
+    for v, (odo, ahead) in odometers.items():
+        if ahead:  # checkpoints ahead
+            updates[v] = {"odo": odo, "ahead": ahead}
     return updates
 
 
@@ -501,8 +501,9 @@ class _GpsOdometer:
         out[t > self.latest_t[v]] = np.nan
         return out
 
-    def states(self, report_t: np.ndarray, max_points: int, max_ahead_ms: int) -> dict[int, tuple[Any, ...]]:
-        """The odometer part of the state (values of ODOMETER_FIELDS) of every vehicle that has
+    def states(self, report_t: np.ndarray, max_points: int,
+               max_ahead_ms: int) -> dict[int, tuple[list[Any], list[list[Any]]]]:
+        """The odometer part of the state, ("odo", "ahead") lists, of every vehicle that has
         one; `ahead` holds up to `max_points` [t, metres] of the fixes later than the vehicle's
         latest report (and within `max_ahead_ms` of its latest fix), the latest fix left out."""
         has = np.flatnonzero(self.latest_t != ops.NO_TIME)
@@ -540,7 +541,7 @@ class _GpsOdometer:
         for v, t, m in zip(cv.tolist(), ct.tolist(), metres.tolist(), strict=True):
             ahead.setdefault(v, []).append([t, m])
         reports = _plain_times(report_t[has])
-        return {v: (r, c, since, t, la, lo, ahead.get(v, []))
+        return {v: ([r, c, since, t, la, lo], ahead.get(v, []))
                 for v, r, c, since, t, la, lo in zip(has.tolist(), reports, self.latest_cum[has].tolist(),
                                                      self.since[has].tolist(), self.latest_t[has].tolist(),
                                                      self.latest_lat[has].tolist(), self.latest_lon[has].tolist(),
