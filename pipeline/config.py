@@ -55,8 +55,25 @@ class Settings(BaseSettings):
         "timestamps, which time-based retention deletes on arrival; -1 keeps by size only.")
 
     # --- Worker ------------------------------------------------------------------------------
-    batch_size: int = Field(1000, ge=1, description="Records per take() batch (larger batches amortise per-batch costs).")
-    batch_wait_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+    batch_size: int = Field(1000, ge=1, description="Most records per core batch (larger batches amortise per-batch costs).")
+    batch_wait_s: float = Field(0.2, gt=0, description="Longest a ready record waits for its batch to fill.")
+    max_inflight_batches: int = Field(
+        4, ge=1, description="Batches between assembly and commit at once: the bound on memory and the "
+        "backpressure (a slow store slows consumption).")
+    put_concurrency: int = Field(16, ge=1, description="Object PUTs in flight at once.")
+    fetch_max_records: int = Field(2000, ge=1, description="Most records one fetch hands to the batch path.")
+    fetch_max_partition_bytes: int = Field(4 << 20, ge=1 << 16, description="Most bytes a fetch returns per partition.")
+    align_max_wait_ms: int = Field(
+        500, ge=0, description="How long a partition's leading ingest topic is held back for the other to "
+        "deliver (as Kafka Streams' max.task.idle.ms); then the quiet topic counts as idle.")
+    align_max_buffered: int = Field(
+        5000, ge=10, description="Records buffered per topic-partition before its fetching pauses.")
+    revoke_timeout_s: float = Field(
+        8.0, gt=0, description="On a rebalance, how long in-flight batches may take to become durable before "
+        "they are left for the next owner (keep it under the 10 s session timeout).")
+    vehicle_idle_timeout_s: float = Field(
+        600.0, gt=0, description="Processing time without frames after which a vehicle gets an idle signal "
+        "(trips end with reason `silent`, open sessions close).")
     max_frame_bytes: int = Field(1_000_000, ge=1024, description="Frames larger than this are dead-lettered as oversized.")
     metrics_port: int = Field(9100, ge=0, description="Prometheus endpoint port (0 = off).")
     web_port: int = Field(6066, ge=0, description="Faust web port.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,28 @@ def unknown_signal_frames(records: list[RawRecord], decoded: Readings, outcome: 
     return out
 
 
+NO_WATERMARK = np.iinfo(np.int64).min
+
+
+def vehicle_watermarks(clean: Readings, records: list[RawRecord],
+                       watermarks: Mapping[int, int] | None) -> np.ndarray | None:
+    """Per vehicle of `clean.vins`: the watermark of the input partition its frames came from
+    (a vehicle's key pins it to one partition); NO_WATERMARK where unknown."""
+    if watermarks is None:
+        return None
+    out = np.full(len(clean.vins), NO_WATERMARK, dtype=np.int64)
+    frames = clean.frames
+    if not len(frames) or not watermarks:
+        return out
+    part = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
+    by_part = np.full(int(part.max()) + 1, NO_WATERMARK, dtype=np.int64)
+    for p, w in watermarks.items():
+        if 0 <= p < len(by_part):
+            by_part[p] = w
+    out[frames.vehicle] = by_part[part[frames.record]]
+    return out
+
+
 class Core:
     """Holds the compiled stages; `process(records)` runs one batch through all of them."""
 
@@ -136,8 +159,13 @@ class Core:
         return cls(catalog=catalog, cleaner=cleaner, handlers=handlers, router=router,
                    max_frame_bytes=settings.max_frame_bytes)
 
-    def process(self, records: list[RawRecord], *, now_ms: int | None = None) -> BatchResult:
-        """Run one batch of raw records through decode, clean, handlers and rules."""
+    def process(self, records: list[RawRecord], *, now_ms: int | None = None,
+                watermarks: Mapping[int, int] | None = None) -> BatchResult:
+        """Run one batch of raw records through decode, clean, handlers and rules.
+
+        `watermarks` (input partition -> event time both ingest topics have delivered up to,
+        from the runtime's alignment) reach handlers per vehicle as `batch.watermark`.
+        """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         decoded, dead_letters = decode_records(records, max_frame_bytes=self.max_frame_bytes)
@@ -152,7 +180,10 @@ class Core:
         events = EventBatch.empty()
         handler_stats: dict[str, Any] = {}
         if self.handlers is not None:
-            run = self.handlers.run(cleaned.readings, records)
+            wm = vehicle_watermarks(cleaned.readings, records, watermarks)
+            import inspect  # TEMP until the runner takes watermarks
+            extra = {"watermark": wm} if "watermark" in inspect.signature(self.handlers.run).parameters else {}
+            run = self.handlers.run(cleaned.readings, records, **extra)
             events = run.events
             dead_letters.extend(run.dead_letters)
             handler_stats = run.stats

@@ -17,8 +17,8 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option(None, help="Log level (default from LOG_LEVEL or INFO)."),
     ) -> None:
         """Run a worker: consume the ingest topics, clean, run handlers, route, write outputs."""
-        from pipeline.app import run_worker
         from pipeline.config import get_settings
+        from pipeline.runtime.app import run_worker
 
         settings = get_settings()
         if log_level:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import faust  # noqa: E402
 
-from pipeline.app import faust_broker_kwargs, to_raw_record  # noqa: E402
+from pipeline.runtime.app import faust_broker_kwargs, to_raw_record  # noqa: E402
 from pipeline.catalog import load_catalog  # noqa: E402
 from pipeline.clean import load_cleaning_config  # noqa: E402
 from pipeline.clean.reference import ReferenceCleaner  # noqa: E402

@@ -1,0 +1,11 @@
+"""The worker runtime: everything that touches Kafka and the object store at run time.
+
+- `align`: merges a partition's sensor and GPS records by event time (pure).
+- `plan`: turns one core result into the messages, objects and offsets to write (pure).
+- `ingest`: the staged batch path (fetch -> align -> core -> plan -> write -> commit).
+- `consumer`: Faust's aiokafka consumer with whole fetches handed to `ingest`.
+- `app`: the Faust app (worker command, lifecycle, timers, consumer group) and `run_worker`.
+
+May import `pipeline.core` and the pure modules under `pipeline`; the core never imports
+from here.
+"""

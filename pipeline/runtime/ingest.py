@@ -1,0 +1,534 @@
+"""The worker's batch path: fetch -> align -> core -> plan -> write -> commit, in stages.
+
+```
+ Faust consumer thread      event loop                       core thread      encode thread
+ fetch (aiokafka) ──> offer ──> Aligner ──> assemble batch N+1
+                                                 └─────────────> core N ──────> plan N-1 (Parquet)
+                                 write N-2 (PUTs ‖ produces) <───────────────────────┘
+                                 commit in batch order, once a batch's outputs are durable
+```
+- Whole fetches per partition come from Faust's consumer (no per-event Stream objects).
+  The `Aligner` merges a partition's sensor and GPS records by event time.
+- A batch is formed when `batch_size` records are ready, when the first ready record has
+  waited `batch_wait_s`, and never before the previous batch left the core: under load
+  batches grow by themselves, at low rates they stay small and fast.
+- The core (decode, clean, handlers, rules) runs in one thread, batch after batch, so
+  handler state sees batches in order. Its result becomes an `OutputPlan` (Parquet and
+  manifests included) in a second thread; the event loop writes the plan: objects PUT
+  concurrently (bounded), routed events, dead letters and state changes produced and
+  acknowledged (idempotent producer, acks=all).
+- Offsets are committed in batch order, each only after everything derived from it is
+  durable (the delivery invariant). At most `max_inflight_batches` batches are between
+  assembly and commit: a slow store slows consumption, and buffers that fill pause their
+  partitions' fetching.
+- Revoke: no new batch starts; in-flight batches finish (up to `revoke_timeout_s`) and are
+  committed; buffered records of the revoked partitions are dropped (the next owner reads
+  them from the committed offset). Assign: handler state of new partitions is restored
+  from the changelog before their first batch.
+- Silent vehicles: a vehicle that sent nothing for `vehicle_idle_timeout_s` of processing
+  time gets an idle signal (a batch of no readings, `silent` set) through the same stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import metrics
+from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings
+from pipeline.config import Settings
+from pipeline.core import BatchResult, Core
+from pipeline.runtime.align import Aligner
+from pipeline.runtime.plan import OutputPlan, dead_letter_message, plan_outputs
+from pipeline.sinks import Backoff, ObjectStoreSink, OutMessage, TopicSink
+
+log = logging.getLogger("pipeline.worker")
+
+TopicPartition = tuple[str, int]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(eq=False)
+class Batch:
+    """One batch between assembly and commit."""
+
+    number: int
+    records: list[RawRecord]
+    watermarks: dict[int, int] = field(default_factory=dict)
+    silent: bool = False
+    core_done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Future[dict[TopicPartition, int]] | None = None
+
+
+def failed_batch(records: list[RawRecord], exc: Exception) -> BatchResult:
+    """The core failed as a whole on a batch: every record is dead-lettered with the error."""
+    empty = Readings.empty()
+    return BatchResult(
+        records=records, decoded=empty, clean=empty, repaired=np.zeros(0, dtype=bool),
+        outcome=np.zeros(0, dtype=np.int8), reasons=["kept"], events=EventBatch.empty(),
+        routed={}, targets={},
+        dead_letters=[DeadLetter(r, "core", "core_error", f"{type(exc).__name__}: {exc}") for r in records],
+    )
+
+
+def observe(result: BatchResult, seconds: float) -> None:
+    """A batch result's counts and timings as Prometheus metrics."""
+    for topic, frames in Counter(r.topic for r in result.records).items():
+        metrics.FRAMES_IN.labels(topic).inc(frames)
+    for stage, s in result.timings.items():
+        metrics.BATCH_SECONDS.labels(stage).observe(s)
+    metrics.BATCH_SECONDS.labels("total").observe(seconds)
+    counts = result.readings_by_record().sum(axis=0).tolist() if result.records else []
+    for name, n in zip(result.reasons, counts, strict=False):
+        if n:
+            metrics.READINGS_OUT.labels(name).inc(n)
+    if len(result.decoded):
+        rec_topic = np.array([r.topic for r in result.records], dtype=object)
+        topics, n_by = np.unique(rec_topic[result.decoded.frames.record[result.decoded.frame]], return_counts=True)
+        for t, n in zip(topics.tolist(), n_by.tolist(), strict=True):
+            metrics.READINGS_IN.labels(t).inc(n)
+    for dl in result.dead_letters:
+        metrics.DEAD_LETTERS.labels(dl.stage, dl.reason).inc()
+        if dl.stage == "decode":
+            metrics.FRAMES_DEAD.labels(dl.reason).inc()
+        log.warning("dead letter %s stage=%s reason=%s: %s", dl.record.where, dl.stage, dl.reason, dl.error[:200])
+    if len(result.events):
+        types, n = np.unique(result.events.attrs["type"].astype(str), return_counts=True)
+        for t, c in zip(types.tolist(), n.tolist(), strict=True):
+            metrics.EVENTS_DERIVED.labels(t).inc(c)
+    if result.unmatched:
+        metrics.EVENTS_UNMATCHED.inc(result.unmatched)
+    for name, st in (result.handler_stats or {}).items():
+        st = st if isinstance(st, dict) else getattr(st, "__dict__", {})
+        metrics.HANDLER_CALLS.labels(name).inc(st.get("calls", 0))
+        metrics.HANDLER_ERRORS.labels(name).inc(st.get("errors", 0))
+        metrics.HANDLER_ROWS.labels(name).inc(st.get("rows_in", 0))
+        metrics.HANDLER_EVENTS.labels(name).inc(st.get("events_out", 0))
+        if st.get("latency_s") is not None:
+            metrics.HANDLER_SECONDS.labels(name).observe(st["latency_s"])
+
+
+class GroupHandle:
+    """What the ingest needs of the group consumer (Faust's, in the worker; a test double
+    never: integration tests run the real one). Partitions are (topic, partition) pairs."""
+
+    def __init__(self, commit: Callable[[dict[TopicPartition, int]], Awaitable[bool]],
+                 pause: Callable[[Iterable[TopicPartition]], None],
+                 resume: Callable[[Iterable[TopicPartition]], None]) -> None:
+        self.commit = commit
+        self.pause = pause
+        self.resume = resume
+
+
+class BatchIngest:
+    """State of one worker's batch path; see the module docstring."""
+
+    def __init__(self, settings: Settings, core: Core) -> None:
+        self.settings = settings
+        self.core = core
+        self.topics = settings.ingest_topics
+        self.aligner = Aligner(self.topics, max_wait_ms=settings.align_max_wait_ms,
+                               max_buffered=settings.align_max_buffered)
+        self.consumer: GroupHandle | None = None
+        self.store = ObjectStoreSink(settings.minio_client(), settings.s3_bucket, Backoff(0.2, 5.0),
+                                     on_retry=self._store_failed)
+        self.producer: Any = None
+        self.sink: TopicSink | None = None
+        self.webhooks: Any = None
+        self._core_pool = ThreadPoolExecutor(1, thread_name_prefix="core")
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
+        self._inflight: deque[Batch] = deque()
+        self._slots = asyncio.Semaphore(settings.max_inflight_batches)
+        self._wakeup = asyncio.Event()
+        self._started = asyncio.Event()  # a batch was added to `_inflight`
+        self._ready: deque[RawRecord] = deque()
+        self._ready_since: float | None = None
+        self._accepting = False  # partitions assigned and no revoke in progress
+        self._stopping = False
+        self._numbers = 0
+        self._last_core: Batch | None = None
+        self._paused: set[TopicPartition] = set()
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_seen: dict[bytes, tuple[float, RawRecord]] = {}  # VIN -> (monotonic s, last frame)
+        self._silenced: set[bytes] = set()
+        self._next_silent_check = 0.0
+        self.state: Any = None
+        if core.handlers is not None:
+            from pipeline.state_sync import StateChangelog
+
+            self.state = StateChangelog(settings, core.handlers.state_store)
+        self.rules_watcher: Any = None
+        self._next_rules_poll = 0.0
+        if core.router is not None:
+            from pipeline.rules import RulesWatcher
+
+            def rejected(message: str) -> None:
+                metrics.RELOADS.labels("rules", "rejected").inc()
+
+            def accepted(ruleset: Any) -> None:
+                assert core.router is not None
+                core.router.update(ruleset)
+                metrics.RELOADS.labels("rules", "ok").inc()
+                log.info("rules reloaded: version %s", ruleset.digest[:12])
+
+            self.rules_watcher = RulesWatcher(settings.rules_dir / "routes", accepted,
+                                              initial=core.router.ruleset, on_error=rejected)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self, consumer: GroupHandle) -> None:
+        """Start the producer and the assembler and committer tasks."""
+        from aiokafka import AIOKafkaProducer
+
+        self.consumer = consumer
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(
+                **self.settings.kafka_client_kwargs(), enable_idempotence=True, acks="all",
+                linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20)
+            await self.producer.start()
+            self.sink = TopicSink(self.producer, Backoff(0.2, 5.0))
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(self._assemble()), asyncio.ensure_future(self._commit_loop())]
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish what is in flight (up to `timeout_s`), commit it, stop the producer."""
+        self._stopping = True
+        self._accepting = False
+        self._wakeup.set()
+        drained = await self._drain(timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+        self._core_pool.shutdown(wait=True)
+        self._encode_pool.shutdown(wait=True)
+        log.info("ingest stopped (%s)", "all in-flight batches committed" if drained else
+                 "in-flight batches left uncommitted: the next owner replays them")
+
+    # --- input from the consumer ----------------------------------------------------------------
+    def offer(self, fetched: Mapping[TopicPartition, Sequence[Any]]) -> int:
+        """Take one fetch (aiokafka ConsumerRecords per partition) into the aligner; returns
+        the records accepted. Called by the consumer between fetches, on the event loop."""
+        if not self._accepting:
+            return 0
+        accepted = 0
+        for (topic, partition), recs in fetched.items():
+            raws = [RawRecord(topic, partition, r.offset, r.key, r.value, r.headers, r.timestamp or 0)
+                    for r in recs]
+            accepted += self.aligner.add(topic, partition, raws)
+        full = self.aligner.over_limit() - self._paused
+        if full and self.consumer is not None:
+            self.consumer.pause(full)
+            self._paused |= full
+        if accepted:
+            self._wakeup.set()
+        return accepted
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group gave this worker these partitions (both topics of each, co-partitioned)."""
+        mine = {p for t, p in partitions if t in self.topics}
+        self.aligner.assign(mine)
+        self._paused.clear()
+        self._accepting = not self._stopping
+        self._wakeup.set()
+        if mine:
+            log.info("assigned partitions %s of %s", sorted(mine), ", ".join(self.topics))
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions are taken away: finish and commit in-flight batches, drop the rest."""
+        self._accepting = False
+        gone = {p for t, p in partitions if t in self.topics}
+        drained = await self._drain(self.settings.revoke_timeout_s)
+        if not drained:
+            log.warning("revoke: in-flight batches still not durable after %.0f s; their offsets stay "
+                        "uncommitted and the partitions' next owner replays them", self.settings.revoke_timeout_s)
+        dropped = self.aligner.revoke(gone)
+        kept = [r for r in self._ready if r.partition not in gone]
+        dropped += len(self._ready) - len(kept)
+        self._ready = deque(kept)
+        self._paused = {tp for tp in self._paused if tp[1] not in gone}
+        if self._last_core is not None:
+            await self._last_core.core_done.wait()
+        if self.state is not None:
+            self.state.drop(gone)
+        for vin in [v for v, (_, r) in self._last_seen.items() if r.partition in gone]:
+            del self._last_seen[vin]
+            self._silenced.discard(vin)
+        if gone:
+            log.info("revoked partitions %s: %d buffered records left for the next owner", sorted(gone), dropped)
+
+    # --- stages ---------------------------------------------------------------------------------
+    async def _assemble(self) -> None:
+        """Form batches from aligned records and start them, at most K in flight."""
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if self._last_core is not None:  # the core takes batches in order, one at a time
+                await self._last_core.core_done.wait()
+            await self._restore_state(batch.records)
+            batch.done = asyncio.get_running_loop().create_future()
+            self._inflight.append(batch)
+            self._last_core = batch
+            self._started.set()
+            asyncio.ensure_future(self._run(batch))
+
+    async def _next_batch(self) -> Batch:
+        """Wait until a batch is due: `batch_size` ready, or the oldest ready record waited
+        `batch_wait_s`, or an idle signal is due."""
+        settings = self.settings
+        while True:
+            silent = self._due_silent()
+            if silent is not None:
+                return silent
+            if self._accepting:
+                self._release()
+            n = len(self._ready)
+            now = time.monotonic()
+            if n and (n >= settings.batch_size or self._stopping
+                      or now - (self._ready_since or now) >= settings.batch_wait_s):
+                records = [self._ready.popleft() for _ in range(min(n, settings.batch_size))]
+                self._ready_since = now if self._ready else None
+                self._numbers += 1
+                return Batch(self._numbers, records, self.aligner.watermarks())
+            if self._stopping and not self._ready:
+                raise asyncio.CancelledError("ingest stopping")
+            timeout = self._wait_time(now)
+            self._wakeup.clear()
+            # asyncio.wait, not wait_for: wait_for of Python 3.11 can swallow a cancellation
+            # that arrives as its timeout fires, and the stop would then wait for ever
+            waiter = asyncio.ensure_future(self._wakeup.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+
+    def _release(self) -> None:
+        released = self.aligner.release(now_ms(), limit=self.settings.batch_size)
+        if released:
+            if not self._ready:
+                self._ready_since = time.monotonic()
+            self._ready.extend(released)
+        if self._paused:
+            resumed = {tp for tp in self._paused
+                       if self.aligner.buffered(tp[0], tp[1]) < self.aligner.max_buffered // 2}
+            if resumed and self.consumer is not None:
+                self.consumer.resume(resumed)
+                self._paused -= resumed
+
+    def _wait_time(self, now: float) -> float:
+        waits = [1.0]
+        if self._ready_since is not None and self._ready:
+            waits.append(self._ready_since + self.settings.batch_wait_s - now)
+        deadline = self.aligner.next_deadline()
+        if deadline is not None:
+            waits.append((deadline - now_ms()) / 1000)
+        return max(0.005, min(waits))
+
+    async def _restore_state(self, records: list[RawRecord]) -> None:
+        if self.state is None or not records:
+            return
+        partitions = {r.partition for r in records}
+        if partitions - self.state.restored:
+            await self.state.restore(partitions)
+
+    async def _run(self, batch: Batch) -> None:
+        """One batch through core, plan and write; resolves `batch.done` with its offsets."""
+        loop = asyncio.get_running_loop()
+        assert batch.done is not None
+        try:
+            try:
+                result, state_messages = await loop.run_in_executor(self._core_pool, self._core_job, batch)
+            finally:
+                batch.core_done.set()
+            if not batch.silent:
+                self._note_seen(batch.records)
+            plan = await loop.run_in_executor(self._encode_pool, self._plan, result, state_messages, batch.silent)
+            await self._write(plan, result)
+            batch.done.set_result(plan.offsets)
+        except Exception as exc:
+            batch.done.set_exception(exc)
+
+    def _core_job(self, batch: Batch) -> tuple[BatchResult, list[OutMessage]]:
+        """Core thread: reloads, the core, metrics, the batch's handler-state changes."""
+        self._poll_reloads()
+        records = batch.records
+        if self.state is not None:
+            self.state.note(records)
+        started = time.perf_counter()
+        try:
+            if batch.silent:
+                result = self.core.silent(records)  # type: ignore[attr-defined]
+            else:
+                result = self.core.process(records, watermarks=batch.watermarks)
+        except Exception as exc:  # the core failed as a whole: dead-letter the batch
+            log.exception("core failed on %d records %s..%s", len(records), records[0].where, records[-1].where)
+            result = failed_batch(records, exc)
+        observe(result, time.perf_counter() - started)
+        return result, self.state.changes() if self.state is not None else []
+
+    def _plan(self, result: BatchResult, state_messages: list[OutMessage], silent: bool) -> OutputPlan:
+        return plan_outputs(result, dlq_topic=self.settings.topic_dlq, state_messages=state_messages,
+                            silent=silent)
+
+    async def _write(self, plan: OutputPlan, result: BatchResult) -> None:
+        """Execute a plan: PUTs concurrently with webhooks and produces; returns when all are durable."""
+        assert self.sink is not None
+        puts = (asyncio.ensure_future(self.store.write(plan.objects, concurrency=self.settings.put_concurrency))
+                if plan.objects else None)
+        try:
+            messages = plan.messages
+            if plan.webhooks:
+                dead = await self._deliver_webhooks(result)
+                messages = messages + [dead_letter_message(dl, self.settings.topic_dlq) for dl in dead]
+            if messages:
+                seconds = await self.sink.write(messages)
+                metrics.SINK_SECONDS.labels("kafka").observe(seconds)
+            for route, n in plan.routed.items():
+                metrics.EVENTS_ROUTED.labels(route).inc(n)
+            for seg in plan.segments:
+                log.info("%s[%d] offsets %d..%d routed", seg.topic, seg.partition, seg.first, seg.last)
+            if puts is not None:
+                seconds = await puts
+                metrics.SINK_SECONDS.labels("s3").observe(seconds)
+                metrics.BACKPRESSURE.set(0)
+        finally:
+            if puts is not None and not puts.done():
+                puts.cancel()
+        for obj in plan.objects:
+            metrics.OBJECTS_WRITTEN.labels(obj.key.split("/", 1)[0]).inc()
+        wall = time.time()
+        for seg in plan.segments:
+            metrics.SEGMENTS_FLUSHED.inc()
+            metrics.E2E_LATENCY.observe(max(0.0, wall - seg.oldest_ms / 1000))
+            log.info("%s[%d] offsets %d..%d flushed: %d frames, %d readings in, %d objects",
+                     seg.topic, seg.partition, seg.first, seg.last, seg.frames, seg.readings, seg.objects)
+
+    async def _deliver_webhooks(self, result: BatchResult) -> list[DeadLetter]:
+        """POST routed events to webhook targets (concurrently, each with its own retries and
+        timeout); events a webhook refused after its retries become dead letters."""
+        if result.route_result is None or self.core.router is None:
+            return []
+        if self.webhooks is None:
+            from pipeline.rules.webhook import WebhookSender
+
+            self.webhooks = WebhookSender()
+        dead: list[DeadLetter] = []
+        for outcome in await self.webhooks.deliver(result.route_result, self.core.router.ruleset):
+            batch = result.routed[outcome.route]
+            for row, reason, error in outcome.dead_letters:
+                record = result.records[int(batch.origin[row])]
+                dead.append(DeadLetter(record, f"route:{outcome.route}", reason, f"{outcome.url}: {error}"))
+        return dead
+
+    async def _commit_loop(self) -> None:
+        """Commit offsets in batch order as batches become durable; a batch that failed outside
+        the dead-letter path stops the worker (its offsets must never be committed)."""
+        while True:
+            if not self._inflight:
+                self._started.clear()
+                await self._started.wait()
+                continue
+            head = self._inflight[0]
+            assert head.done is not None
+            try:
+                offsets = await head.done
+            except Exception:
+                log.critical("batch failed outside the dead-letter path; stopping the worker", exc_info=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self._inflight.popleft()
+            self._slots.release()
+            for tp, off in offsets.items():
+                if off > self._to_commit.get(tp, -1):
+                    self._to_commit[tp] = off
+            if self._inflight and self._inflight[0].done is not None and self._inflight[0].done.done():
+                continue  # more done: commit them together
+            await self._commit_now()
+
+    async def _commit_now(self) -> None:
+        if not self._to_commit or self.consumer is None:
+            return
+        offsets, self._to_commit = self._to_commit, {}
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # a rebalance moved the partitions: their new owner replays
+            log.warning("commit of %s failed (%s: %s); the partitions' next owner replays from the last "
+                        "commit", offsets, type(exc).__name__, exc)
+
+    async def _drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight and it is committed; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight or self._to_commit:
+            if time.monotonic() >= deadline:
+                return False
+            if not self._inflight and self._to_commit:
+                await self._commit_now()
+                continue
+            await asyncio.sleep(0.01)
+        return True
+
+    # --- reloads, failures, silent vehicles -------------------------------------------------------
+    def _poll_reloads(self) -> None:
+        """Between batches: pick up valid rule changes (functions reload inside the runner)."""
+        now = time.monotonic()
+        if self.rules_watcher is not None and now >= self._next_rules_poll:
+            self._next_rules_poll = now + 1.0
+            self.rules_watcher.poll()
+
+    def _store_failed(self, exc: Exception) -> None:
+        metrics.SINK_RETRIES.labels("s3").inc()
+        metrics.BACKPRESSURE.set(1)
+
+    def _note_seen(self, records: list[RawRecord]) -> None:
+        """Each vehicle's last frame and when it came (processing time), for idle signals."""
+        seen = time.monotonic()
+        last_seen, silenced = self._last_seen, self._silenced
+        for r in records:
+            if r.key:
+                last_seen[r.key] = (seen, r)
+        if silenced:
+            silenced.difference_update(r.key for r in records)
+
+    def _due_silent(self) -> Batch | None:
+        """An idle-signal batch for vehicles silent for `vehicle_idle_timeout_s`, if any."""
+        if self.core.handlers is None or not self._accepting or not self._last_seen \
+                or not hasattr(self.core, "silent"):
+            return None
+        timeout = self.settings.vehicle_idle_timeout_s
+        now = time.monotonic()
+        if now < self._next_silent_check:
+            return None
+        self._next_silent_check = now + min(1.0, timeout / 4)
+        due = [(vin, rec) for vin, (seen, rec) in self._last_seen.items()
+               if now - seen >= timeout and vin not in self._silenced]
+        if not due:
+            return None
+        due.sort(key=lambda item: (item[1].partition, item[1].topic, item[1].offset))
+        for vin, _ in due:
+            self._silenced.add(vin)
+        self._numbers += 1
+        log.info("%d vehicle(s) silent for %.0f s: idle signal to the handlers", len(due), timeout)
+        return Batch(self._numbers, [rec for _, rec in due], silent=True)

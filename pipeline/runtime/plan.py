@@ -1,0 +1,180 @@
+"""The output plan of one core result: what to write where, and which offsets that frees.
+
+`plan_outputs` is a pure function of a batch's `BatchResult`: routed CloudEvents and dead
+letters and handler-state changes as Kafka messages, clean readings, derived events and
+manifests (and routed events for object-store targets) as objects, and the offset to
+commit per input partition once all of them are durable. The runtime only executes plans,
+so everything about naming, accounting and encoding is tested here without services.
+
+Each routed event is encoded once: the same record goes to every topic target, and its
+headers and data bytes make the JSON line of object-store targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pipeline.batch import DeadLetter, RawRecord
+from pipeline.core import BatchResult
+from pipeline.events import EncodedRecord, encode_event
+from pipeline.segments import Segment, add_to_segment, segment_objects, split_batch
+from pipeline.sinks import (
+    HOUR_MS,
+    OutMessage,
+    PutObject,
+    dead_letter_record,
+    events_table,
+    hive_prefix,
+    parquet_bytes,
+    segment_name,
+)
+
+
+@dataclass(slots=True)
+class SegmentDone:
+    """One input partition's share of a batch, for the log line and metrics once durable."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    frames: int
+    readings: int
+    objects: int
+    oldest_ms: int  # earliest record timestamp: the worst latency the segment holds
+
+
+@dataclass(slots=True)
+class OutputPlan:
+    """Everything one batch writes, and the offsets it frees for commit."""
+
+    messages: list[OutMessage] = field(default_factory=list)
+    objects: list[PutObject] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
+    segments: list[SegmentDone] = field(default_factory=list)
+    routed: dict[str, int] = field(default_factory=dict)  # events per route
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # late: encode errors
+    webhooks: bool = False  # the result has webhook targets to deliver to
+
+
+def commit_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
+    """Next offset to commit per input partition: one past the highest offset in the batch."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        if r.offset + 1 > out.get(key, -1):
+            out[key] = r.offset + 1
+    return out
+
+
+def _object_line(rec: EncodedRecord) -> bytes:
+    """A routed event as one JSON line: its CloudEvents attributes (from the headers it was
+    produced with) and its data, reusing the encoded data bytes."""
+    attrs = {k[3:]: v.decode() for k, v in rec.headers if k.startswith("ce_")}
+    return orjson.dumps(attrs)[:-1] + b',"data":' + rec.value + b"}"
+
+
+def plan_outputs(result: BatchResult, *, dlq_topic: str, state_messages: list[OutMessage] | None = None,
+                 silent: bool = False) -> OutputPlan:
+    """The plan of one core result.
+
+    `silent` marks the result of an idle signal: its records are the silent vehicles' last
+    frames, already accounted for by the batch that held them, so it writes derived events
+    only (objects named `...-silent`), no manifest and no offsets.
+    """
+    plan = OutputPlan(webhooks=_has_webhooks(result))
+    records = result.records
+    _plan_routes(result, plan, silent)
+    plan.messages.extend(state_messages or ())
+    for dl in result.dead_letters + plan.dead_letters:
+        plan.messages.append(dead_letter_message(dl, dlq_topic))
+    plan.dead_letters = []
+    if silent:
+        _plan_silent_events(result, plan)
+        return plan
+    plan.offsets = commit_offsets(records)
+    for (topic, partition), part in split_batch(result).items():
+        seg = Segment(topic, partition)
+        add_to_segment(seg, part, records)
+        objects = segment_objects(seg)
+        plan.objects.extend(objects)
+        plan.segments.append(SegmentDone(topic, partition, seg.first, seg.last, seg.frames_in, seg.readings_in,
+                                         len(objects), min(r.timestamp_ms for r in seg.records)))
+    return plan
+
+
+def dead_letter_message(dl: DeadLetter, default_topic: str) -> OutMessage:
+    key, value, headers = dead_letter_record(dl)
+    topic = (dl.detail or {}).get("dead_letter_topic") or default_topic
+    return OutMessage(topic, key, value, headers)
+
+
+def _has_webhooks(result: BatchResult) -> bool:
+    return result.route_result is not None and any(
+        getattr(t, "kind", None) == "webhook" for ts in result.targets.values() for t in ts)
+
+
+def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool) -> None:
+    """Routed events to topic targets (messages) and object-store targets (JSON lines per
+    route, target and input partition, named from the partition's offsets in the batch)."""
+    records = result.records
+    offsets_by_part: dict[tuple[str, int], list[int]] = {}
+    for r in records:
+        offsets_by_part.setdefault((r.topic, r.partition), []).append(r.offset)
+    for route, batch in result.routed.items():
+        targets = result.targets.get(route, [])
+        topics = [t.topic for t in targets if getattr(t, "kind", None) == "topic"]
+        prefixes = [t.object for t in targets if getattr(t, "kind", None) == "object"]
+        if not len(batch) or not (topics or prefixes):
+            continue
+        lines: dict[tuple[str, int], list[bytes]] = {}
+        origins = batch.origin.tolist()
+        for row, (attrs, data) in enumerate(batch.rows()):
+            origin = records[int(origins[row])]
+            try:
+                rec = encode_event(attrs, data)
+            except Exception as exc:  # one bad event must not fail the batch
+                plan.dead_letters.append(DeadLetter(origin, f"route:{route}", "encode_error",
+                                                    f"{type(exc).__name__}: {exc}"))
+                continue
+            for topic in topics:
+                plan.messages.append(OutMessage(topic, rec.key, rec.value, rec.headers))
+            if prefixes:
+                lines.setdefault((origin.topic, origin.partition), []).append(_object_line(rec))
+        if topics:
+            plan.routed[route] = plan.routed.get(route, 0) + len(batch)
+        for (topic, partition), body_lines in lines.items():
+            offsets = offsets_by_part[(topic, partition)]
+            name = segment_name(topic, partition, min(offsets), max(offsets)) + ("-silent" if silent else "")
+            body = b"\n".join(body_lines) + b"\n"
+            for prefix in prefixes:
+                plan.objects.append(PutObject(f"{prefix}{route}/{name}.jsonl", body, "application/x-ndjson",
+                                              {"route": route, "events": str(len(body_lines))}))
+
+
+def _plan_silent_events(result: BatchResult, plan: OutputPlan) -> None:
+    """Derived events of an idle signal, per input partition and type (no manifest: no input)."""
+    events = result.events
+    if not len(events):
+        return
+    part_of = [(r.topic, r.partition, r.offset) for r in result.records]
+    origin = events.origin
+    types = events.attrs["type"]
+    groups: dict[tuple[str, int, str], list[int]] = {}
+    for i, o in enumerate(origin.tolist()):
+        topic, partition, _ = part_of[int(o)]
+        groups.setdefault((topic, partition, str(types[i])), []).append(i)
+
+    for (topic, partition, etype), rows in sorted(groups.items()):
+        sel = events.take(np.asarray(rows, dtype=np.int64))
+        offsets = [part_of[int(o)][2] for o in sel.origin.tolist()]
+        name = segment_name(topic, partition, min(offsets), max(offsets)) + "-silent"
+        hour = int(sel.attrs["time"].min()) // HOUR_MS * HOUR_MS
+        meta: dict[str, Any] = {"source-topic": topic, "source-partition": str(partition), "rows": str(len(sel)),
+                                "event-type": etype, "silent": "true"}
+        plan.objects.append(PutObject(f"events/{etype}/{hive_prefix(hour)}/{name}.parquet",
+                                      parquet_bytes(events_table(sel)), "application/vnd.apache.parquet", meta))
