@@ -126,3 +126,39 @@ def test_with_a_watermark_a_stopped_trip_waits_for_its_lagging_gps_and_gets_its_
     assert ended["end_reason"] == "stop" and ended["time"] == 399_000
     assert ended["distance_km"] == pytest.approx(389 * 0.0111195, rel=1e-3)
 
+
+
+def test_a_silent_vehicle_ends_its_open_charging_session(shipped) -> None:
+    t = np.arange(0, 600, 10)
+    h = HandlerHarness(shipped("charging"))
+    first = h.run({"V1": {IS_CHARGING: (t * S, np.ones(t.shape[0])), SOC: (t * S, 40.0 + t / 60.0),
+                          POWER: (t * S, np.full(t.shape[0], 7000.0))}})
+    [started] = first.events_of("fleet.charging.started")
+    out = h.silence(["V1"])
+    [ended] = out.events_of("fleet.charging.ended")
+    assert ended["end_reason"] == "silent" and ended["session_id"] == started["session_id"]
+    assert ended["time"] == 590_000 and ended["duration_s"] == 590.0
+    assert ended["soc_start_pct"] == 40.0 and ended["soc_end_pct"] == pytest.approx(40.0 + 590 / 60.0)
+    assert ended["energy_kwh"] == pytest.approx(590 / 60.0 / 100 * 6.1, abs=1e-3)
+    assert ended["max_power_kw"] == 7.0
+    assert h.silence(["V1"]).events_of() == []  # once
+    later = h.run({"V1": {IS_CHARGING: ([5_000_000], [0.0]), SOC: ([5_000_000], [50.0])}})
+    h.close()
+    assert later.events_of() == []
+
+
+def test_a_silent_vehicle_ends_its_idling_spell(shipped) -> None:
+    t = np.arange(0, 400)
+    h = HandlerHarness(shipped("idling"))
+    first = h.run({"V1": {SPEED: (t * S, np.zeros(t.shape[0])), ENGINE_SPEED: (t * S, np.full(t.shape[0], 800.0))}})
+    assert first.events_of() == []  # still idling at the end of the batch
+    out = h.silence(["V1"])
+    [idle] = out.events_of("fleet.driving.idling")
+    assert idle["end_reason"] == "silent" and (idle["time"], idle["duration_s"]) == (0, 399.0)
+    assert h.silence(["V1"]).events_of() == []
+    # an idling spell shorter than min_duration_s is not an event, silent or not
+    short = HandlerHarness(shipped("idling"))
+    short.run({"V2": {SPEED: (t[:60] * S, np.zeros(60)), ENGINE_SPEED: (t[:60] * S, np.full(60, 800.0))}})
+    assert short.silence(["V2"]).events_of() == []
+    short.close()
+    h.close()
