@@ -162,3 +162,21 @@ def test_a_silent_vehicle_ends_its_idling_spell(shipped) -> None:
     assert short.silence(["V2"]).events_of() == []
     short.close()
     h.close()
+
+
+def test_a_silent_charging_vehicle_leaves_its_demand_cell(shipped) -> None:
+    t = np.arange(0, 3) * 60 * S
+
+    def veh(lat: float) -> dict:
+        return {IS_CHARGING: (t, [1] * 3), SOC: (t, [50.0] * 3), LAT: (t, [lat] * 3), LON: (t, [-6.8] * 3),
+                POWER: (t, [7000.0] * 3)}
+
+    h = HandlerHarness(shipped("charging_demand"))
+    [cell] = h.run({"A": veh(34.0), "B": veh(34.0001)}).events_of("fleet.grid.charging_demand")
+    assert (cell["sessions"], cell["expected_kw"]) == (2, pytest.approx(6.1))
+    out = h.silence(["A"])
+    [row] = out.events_of("fleet.grid.charging_demand")
+    assert (row["cell"], row["sessions"], row["expected_kw"]) == (cell["cell"], 1, pytest.approx(3.05))
+    assert row["time"] == 120_000 and out.records[row["origin"]].key == b"A"
+    assert h.silence(["A"]).events_of() == []  # gone already
+    h.close()
