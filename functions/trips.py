@@ -385,6 +385,10 @@ def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
         start_t = np.array([tr[1] for tr in sts], dtype=np.int64)
         end_t = np.array([tr[2] for tr in sts], dtype=np.int64)
         odo = _GpsOdometer(stored, None, len(batch.vins))
+        # harsh, speeding and idling events the silence itself closed (emitted in this batch)
+        extra = np.zeros_like(f)
+        _event_sums(batch, tv, start_t, end_t, extra)
+        f[6:11] += extra[6:11]
         unknown = np.isnan(f[22])  # the GPS odometer at the end, if it was not read yet
         if unknown.any():
             f[22, unknown] = odo.cum_at(tv[unknown], end_t[unknown])

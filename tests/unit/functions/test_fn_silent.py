@@ -180,3 +180,26 @@ def test_a_silent_charging_vehicle_leaves_its_demand_cell(shipped) -> None:
     assert row["time"] == 120_000 and out.records[row["origin"]].key == b"A"
     assert h.silence(["A"]).events_of() == []  # gone already
     h.close()
+
+
+def test_a_silent_vehicle_ends_its_speeding_run(shipped) -> None:
+    t = np.arange(0, 30)
+    h = HandlerHarness(shipped("speeding"))
+    assert h.run({"V1": {SPEED: (t * S, np.full(30, 150.0))}}).events_of() == []  # still speeding at the end
+    [ev] = h.silence(["V1"]).events_of("fleet.driving.speeding")
+    h.close()
+    assert ev["end_reason"] == "silent" and (ev["time"], ev["duration_ms"], ev["speed_kmh"]) == (0, 29_000, 150.0)
+    assert ev["limit_kmh"] == 130.0
+
+
+def test_a_trip_ended_by_silence_counts_the_speeding_run_the_silence_closed(shipped) -> None:
+    t = np.arange(0, 60)
+    h = HandlerHarness(shipped("speeding"), shipped("trips"))
+    h.run({"V1": {SPEED: (t * S, np.full(60, 150.0))}})  # trip and speeding run both open
+    out = h.silence(["V1"])
+    h.close()
+    [speeding] = out.events_of("fleet.driving.speeding")
+    [ended] = out.events_of("fleet.trip.ended")
+    [features] = out.events_of("fleet.behaviour.features")
+    assert speeding["duration_ms"] == 59_000 and ended["duration_s"] == 59.0
+    assert features["speeding_share"] == 1.0
