@@ -120,3 +120,22 @@ def test_a_silent_vehicle_may_not_have_readings_in_the_batch() -> None:
     with pytest.raises(ValueError, match="has readings"):
         runner.run(readings, records, silent=np.array([1], dtype=np.int64))
     runner.close()
+
+
+def test_the_readmes_silent_vehicle_example_runs_as_documented(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from pipeline.handlers.loader import import_file
+
+    readme = (Path(__file__).resolve().parents[3] / "functions" / "README.md").read_text()
+    section = readme.split("### Silent vehicles", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "went_quiet.py").write_text(code)
+    [spec] = import_file(tmp_path / "went_quiet.py")
+    soc = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+    h = HandlerHarness(spec)
+    assert h.run({"V1": {soc: ([0, 60_000], [81.0, 80.0])}, "V2": {soc: ([0], [50.0])}}).events_of() == []
+    [quiet] = h.silence(["V1"]).events_of("fleet.status.quiet")
+    assert (quiet["subject"], quiet["time"], quiet["soc_pct"]) == ("V1", 60_000, 80.0)
+    assert h.silence(["V1"]).events_of() == []  # said once
+    h.close()
