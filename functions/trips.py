@@ -377,7 +377,8 @@ def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
     stored = {v: _compact(st) for v, st in ctx.states(batch.silent).items()}
     if not stored:
         return
-    updates: dict[int, dict[str, Any] | None] = dict.fromkeys(stored)
+    # pending state goes (an earlier silence's marker stays: the vehicle has not reported since)
+    updates: dict[int, dict[str, Any] | None] = {v: None for v, st in stored.items() if "quiet_until" not in st}
     tv = np.array([v for v in sorted(stored) if "trip" in stored[v]], dtype=np.int64)
     if tv.shape[0]:
         sts = [stored[v]["trip"] for v in tv.tolist()]

@@ -91,6 +91,7 @@ def test_after_silence_late_readings_do_not_restart_the_trip_but_new_movement_st
     h.run({"V1": {SPEED: (t * S, np.full(t.shape[0], 30.0))}})  # trip V1-0 open, last moving at 119 s
     [ended] = h.silence(["V1"]).events_of("fleet.trip.ended")
     assert (ended["trip_id"], ended["time"]) == ("V1-0", 119_000)
+    assert h.silence(["V1"]).events_of() == []  # still silent: nothing more, and the trip stays ended
     late = np.arange(60, 120)  # a delayed upload of the trip's own minute
     again = np.arange(2000, 2100)  # and a new drive
     out = h.run({"V1": {SPEED: (np.concatenate([late, again]) * S, np.full(160, 30.0))}})
