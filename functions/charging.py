@@ -4,7 +4,9 @@ A session is a run of `IsCharging` = 1; a gap in the data shorter than `max_gap_
 does not split it. Energy is the rise in state of charge times the battery capacity
 (`battery_capacity_kwh`); the charger is `dc` when the battery takes more than
 `dc_threshold_kw`, else `ac` (`unknown` without power readings). Sessions spanning
-batches are kept in state.
+batches are kept in state. A session open when its vehicle falls silent (`batch.silent`)
+ends at its last charging reading, from what state kept (`end_reason` "silent"; "stop"
+when the readings show the end).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
 def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
     """fleet.charging.started / ended for each charging session."""
     cfg = ctx.config
+    if batch.silent.shape[0]:
+        _end_silent(batch, ctx)
     s = batch.signal(IS_CHARGING)
     if not len(s):
         return
@@ -78,7 +82,7 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
         energy = np.clip(soc_end - soc_start, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
         ctx.emit("fleet.charging.ended", time=runs.end_t[done], origin=end_origin[done],
                  vehicle=runs.vehicle[done],
-                 data={"session_id": session[done], "energy_kwh": np.round(energy[done], 3),
+                 data={"session_id": session[done], "end_reason": "stop", "energy_kwh": np.round(energy[done], 3),
                        "duration_s": runs.duration_ms[done] / 1000.0, "soc_start_pct": soc_start[done],
                        "soc_end_pct": soc_end[done], "max_power_kw": np.round(max_kw[done], 2),
                        "location.lat": lat[done], "location.lon": lon[done]})
@@ -88,6 +92,27 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
             "session_id": str(session[i]), "soc_start": _num(soc_start[i]), "lat": _num(lat[i]),
             "lon": _num(lon[i]), "max_power_kw": _num(max_kw[i]), "soc_last": _num(soc_end[i])}
     ctx.save_states(updates)
+
+
+def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """End the open sessions of vehicles that fell silent at their last charging reading, with
+    the values kept in state; the origin is the vehicle's last frame."""
+    stored = ctx.states(batch.silent)
+    if not stored:
+        return
+    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
+    sts = list(stored.values())
+    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
+    end_t = np.array([int(st["last_t"]) for st in sts], dtype=np.int64)
+    soc_start, soc_end, max_kw, lat, lon = (np.array([_f(st.get(k)) for st in sts])
+                                            for k in ("soc_start", "soc_last", "max_power_kw", "lat", "lon"))
+    energy = np.clip(soc_end - soc_start, 0, None) / 100.0 * float(ctx.config["battery_capacity_kwh"])
+    ctx.emit("fleet.charging.ended", time=end_t, origin=batch.first_record(v), vehicle=v,
+             data={"session_id": np.array([st["session_id"] for st in sts], dtype=object), "end_reason": "silent",
+                   "energy_kwh": np.round(energy, 3), "duration_s": (end_t - start_t) / 1000.0,
+                   "soc_start_pct": soc_start, "soc_end_pct": soc_end, "max_power_kw": np.round(max_kw, 2),
+                   "location.lat": lat, "location.lon": lon})
+    ctx.save_states(dict.fromkeys(stored.keys()))
 
 
 def _f(x: Any) -> float:

@@ -8,7 +8,9 @@ by `min_change_kw`, its session count changes, or `min_interval_s` has passed.
 
 Vehicles are spread over partitions by VIN, so each worker sees only its partitions'
 vehicles: an event is the demand of the vehicles of one ingest partition (`partition`),
-and a consumer sums the latest event of each partition per cell and horizon.
+and a consumer sums the latest event of each partition per cell and horizon. A charging
+vehicle that falls silent (`batch.silent`) leaves its cell at once (an update is emitted),
+rather than when the cell's next report finds it older than `stale_s`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
 def charging_demand(batch: HandlerInput, ctx: HandlerContext) -> None:
     """fleet.grid.charging_demand: expected kW per grid cell over the next horizon."""
     cfg = ctx.config
+    if batch.silent.shape[0]:
+        _end_silent(batch, ctx)
     s = batch.signal(IS_CHARGING)
     if not len(s):
         return
@@ -104,6 +108,11 @@ def charging_demand(batch: HandlerInput, ctx: HandlerContext) -> None:
         ctx.state.put(key, st if st["vehicles"] else None)
     for vin, value in vehicle_updates.items():
         ctx.state.put(vin, value)
+    _emit(ctx, rows)
+
+
+def _emit(ctx: HandlerContext, rows: list[tuple[str, int, int, float, int]]) -> None:
+    """One fleet.grid.charging_demand per (cell key, time, origin, kW, sessions)."""
     if rows:
         keys = [r[0] for r in rows]
         cell_ids = [k.split("@")[0] for k in keys]
@@ -112,7 +121,38 @@ def charging_demand(batch: HandlerInput, ctx: HandlerContext) -> None:
                  subject=np.array(cell_ids, dtype=object),
                  data={"cell": np.array(cell_ids, dtype=object), "cell_lat": clat, "cell_lon": clon,
                        "horizon_start": np.array([r[1] for r in rows], dtype=np.int64),
-                       "horizon_s": np.full(len(rows), int(cfg["horizon_s"]), dtype=np.int64),
+                       "horizon_s": np.full(len(rows), int(ctx.config["horizon_s"]), dtype=np.int64),
                        "expected_kw": np.array([r[3] for r in rows]),
                        "sessions": np.array([r[4] for r in rows], dtype=np.int64),
                        "partition": np.array([int(k.split("@")[1]) for k in keys], dtype=np.int64)})
+
+
+def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """Take charging vehicles that fell silent out of their cells and report those cells, as of
+    the vehicle's last report there; the origin is the vehicle's last frame."""
+    stored = ctx.states(batch.silent)
+    leaving = [(v, st["cell_key"]) for v, st in stored.items() if st.get("cell_key")]
+    if not leaving:
+        return
+    origin = batch.first_record(np.array([v for v, _ in leaving], dtype=np.int64)).tolist()
+    cells: dict[str, dict[str, Any]] = {}
+    touched: dict[str, tuple[int, int]] = {}
+    for (v, key), oi in zip(leaving, origin, strict=True):
+        st = cells.get(key) or ctx.state.get(key)
+        if st is None:
+            continue
+        cells[key] = st
+        entry = st["vehicles"].pop(ctx.vins[v], None)
+        if entry is not None:
+            touched[key] = max(touched.get(key, (0, oi)), (max(int(entry[1]), int(st["last_emit_t"])), oi))
+    rows = []
+    for key, (ti, oi) in sorted(touched.items()):
+        st = cells[key]
+        kw = round(sum(float(e[0]) for e in st["vehicles"].values()), 3)
+        n = len(st["vehicles"])
+        rows.append((key, ti, oi, kw, n))
+        st.update(last_emit_t=ti, last_kw=kw, last_sessions=n)
+    for key, st in cells.items():
+        ctx.state.put(key, st if st["vehicles"] else None)
+    ctx.save_states(dict.fromkeys(v for v, _ in leaving))
+    _emit(ctx, rows)

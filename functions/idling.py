@@ -3,7 +3,9 @@
 "On" is taken from whichever the vehicle sends: engine speed > 0, the engine-running
 flag, or (EVs) the traction battery delivering more than `ev_on_power_w` while parked
 (climate control and electronics awake). The event is emitted when the idle period
-ends (the vehicle moves or switches off), with its full duration.
+ends (the vehicle moves or switches off: `end_reason` "stop"), with its full duration; a
+period open when the vehicle falls silent (`batch.silent`) ends at its last idle reading
+(`end_reason` "silent").
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
 def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
     """Standing still with the engine or motor on for at least min_duration_s."""
     cfg = ctx.config
+    if batch.silent.shape[0]:
+        _end_silent(batch, ctx)
     s = batch.signal(SPEED)
     if not len(s):
         return
@@ -66,7 +70,7 @@ def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
         origin[~has] = batch.first_record(runs.vehicle[~has])
         ctx.emit("fleet.driving.idling", time=runs.start_t[done], origin=origin[done],
                  vehicle=runs.vehicle[done],
-                 data={"duration_s": runs.duration_ms[done] / 1000.0, "location.lat": lat[done],
+                 data={"duration_s": runs.duration_ms[done] / 1000.0, "end_reason": "stop", "location.lat": lat[done],
                        "location.lon": lon[done]})
     updates: dict[int, dict[str, Any] | None] = {v: None for v in stored}
     for i in np.flatnonzero(runs.open).tolist():
@@ -74,6 +78,25 @@ def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
             "start_t": int(runs.start_t[i]), "last_t": int(s.t[runs.last[i]]), "peak": 0.0,
             "lat": _num(lat[i]), "lon": _num(lon[i])}
     ctx.save_states(updates)
+
+
+def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """End the idle periods of vehicles that fell silent at their last idle reading (an event if
+    long enough), from what state kept; the origin is the vehicle's last frame."""
+    stored = ctx.states(batch.silent)
+    if not stored:
+        return
+    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
+    sts = list(stored.values())
+    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
+    duration_ms = np.array([int(st["last_t"]) for st in sts], dtype=np.int64) - start_t
+    long = duration_ms >= int(ctx.config["min_duration_s"]) * 1000
+    if long.any():
+        lat, lon = (np.array([_f(st.get(k)) for st in sts]) for k in ("lat", "lon"))
+        ctx.emit("fleet.driving.idling", time=start_t[long], origin=batch.first_record(v[long]), vehicle=v[long],
+                 data={"duration_s": duration_ms[long] / 1000.0, "end_reason": "silent",
+                       "location.lat": lat[long], "location.lon": lon[long]})
+    ctx.save_states(dict.fromkeys(stored.keys()))
 
 
 def _f(x: Any) -> float:

@@ -3,7 +3,8 @@
 The limit of each speed reading is the lowest of: the absolute `limit_kmh`, the
 `speed_limit_kmh` of any configured zone the vehicle is in, and a posted limit sent by
 the vehicle (`Vehicle.Private.SpeedLimit`, when present). A run still going at the end
-of a batch is finished by the next one.
+of a batch is finished by the next one (`end_reason` "stop"), or at its last reading when
+the vehicle falls silent (`batch.silent`; `end_reason` "silent").
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
 def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
     """Speed above the absolute, zone or posted limit for at least min_duration_ms."""
     cfg = ctx.config
+    if batch.silent.shape[0]:
+        _end_silent(batch, ctx)
     s = batch.signal(SPEED)
     if not len(s):
         return
@@ -82,7 +85,7 @@ def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
         origin[~has] = batch.first_record(runs.vehicle[~has])
         ctx.emit("fleet.driving.speeding", time=runs.start_t[done], origin=origin[done],
                  vehicle=runs.vehicle[done],
-                 data={"speed_kmh": np.round(runs.peak[done], 1), "limit_kmh": run_limit[done],
+                 data={"speed_kmh": np.round(runs.peak[done], 1), "limit_kmh": run_limit[done], "end_reason": "stop",
                        "duration_ms": runs.duration_ms[done], "location.lat": run_lat[done],
                        "location.lon": run_lon[done]})
     updates: dict[int, dict[str, Any] | None] = {v: None for v in stored}
@@ -91,6 +94,25 @@ def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
             "start_t": int(runs.start_t[i]), "last_t": int(s.t[runs.last[i]]), "peak": float(runs.peak[i]),
             "limit": _num(run_limit[i]), "lat": _num(run_lat[i]), "lon": _num(run_lon[i])}
     ctx.save_states(updates)
+
+
+def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """End the speeding runs of vehicles that fell silent at their last reading (an event if long
+    enough), from what state kept; the origin is the vehicle's last frame."""
+    stored = ctx.states(batch.silent)
+    if not stored:
+        return
+    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
+    sts = list(stored.values())
+    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
+    duration_ms = np.array([int(st["last_t"]) for st in sts], dtype=np.int64) - start_t
+    long = duration_ms >= int(ctx.config["min_duration_ms"])
+    if long.any():
+        peak, limit, lat, lon = (np.array([_f(st.get(k)) for st in sts])[long] for k in ("peak", "limit", "lat", "lon"))
+        ctx.emit("fleet.driving.speeding", time=start_t[long], origin=batch.first_record(v[long]), vehicle=v[long],
+                 data={"speed_kmh": np.round(peak, 1), "limit_kmh": limit, "end_reason": "silent",
+                       "duration_ms": duration_ms[long], "location.lat": lat, "location.lon": lon})
+    ctx.save_states(dict.fromkeys(stored.keys()))
 
 
 def _f(x: Any) -> float:

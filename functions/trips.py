@@ -4,18 +4,22 @@ A trip starts at the first reading at or above `move_kmh` and ends at the last o
 before the vehicle stands still (or stops reporting) for `stop_s`. The end is therefore
 known once the vehicle has reported for `stop_s` without moving (its speed, or, parked with
 the ignition off, its state of charge, odometer or fuel level: a parked EV reports its
-battery once a minute), or when it moves again after a longer pause. A vehicle that sends
-nothing at all while parked keeps its trip open until it next reports. An open trip is kept
-in state, so trips span any number of batches.
+battery once a minute), or when it moves again after a longer pause (`end_reason` "stop").
+A vehicle that sends nothing at all while parked keeps its trip open until it next reports,
+or until the worker declares it silent (`batch.silent`, after `vehicle_idle_timeout_s` of
+processing time): then the trip ends at its last movement with the summary kept in state
+(`end_reason` "silent"). An open trip is kept in state, so trips span any number of batches.
 
 GPS fixes come on their own topic and may reach a batch before or after the same minutes'
 speed readings. The handler keeps a GPS odometer per vehicle (the distance along its fixes,
 in the order of their times, wherever they arrive) with checkpoints of the fixes that run
 ahead of the speed readings, so a trip's GPS distance is that odometer at the trip's end
 minus at its start. A trip that ends at a stop waits for the vehicle's fixes to reach its
-end (for at most another `stop_s`, for a vehicle whose GPS went quiet). When the topics
-drift further apart than that (a backlog, a replay at full speed: hours of event time), the
-GPS distance is approximate or absent; aligning the topics before the handlers is open work.
+end. With the worker's watermark (`batch.watermark`: both topics delivered up to that event
+time) it waits exactly until the watermark passes the end. Without one it guesses: at most
+another `stop_s`, for a vehicle whose GPS went quiet, and when the topics drift further apart
+than that (a backlog, a replay at full speed: hours of event time), the GPS distance is
+approximate or absent.
 
 Distance comes from the odometer when the vehicle sends one, else from the GPS track;
 energy from the fall in state of charge times `battery_capacity_kwh`; fuel from the fall
@@ -73,6 +77,8 @@ END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
 def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     """fleet.trip.started / ended (with summary) and fleet.behaviour.features per trip."""
     cfg = ctx.config
+    if batch.silent.shape[0]:  # vehicles that fell silent (no readings of theirs here)
+        _end_silent(batch, ctx)
     s = batch.signal(SPEED)
     n_vins = len(batch.vins)
     last_t, last_rec = _last_reports(batch, n_vins)
@@ -113,7 +119,13 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
     mv, mt = s_vehicle[mi], s_t[mi]
     # Late readings from before a vehicle's open trip (a delayed upload) must neither split
     # nor restart it: only movement after the trip's last known movement counts.
-    newer = mt > carried_last[mv]
+    floor = carried_last
+    quiet = [(v, st["quiet_until"]) for v, st in stored.items() if "quiet_until" in st]
+    if quiet:  # a trip ended by silence: its own late readings must not start it again
+        floor = carried_last.copy()
+        qv = np.array([q[0] for q in quiet], dtype=np.int64)
+        floor[qv] = np.maximum(floor[qv], np.array([q[1] for q in quiet], dtype=np.int64))
+    newer = mt > floor[mv]
     if not newer.all():
         mi, mv, mt = mi[newer], mv[newer], mt[newer]
     m = mt.shape[0]
@@ -182,13 +194,17 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
         last_rows = np.arange(n)
     # The last piece ends once the vehicle has been still for stop_s by its latest report, and
     # its fixes have caught up with the end (the GPS topic may lag the speed: the trip's last
-    # hops must be in before it closes); a vehicle without fixes, or still for 2 x stop_s
+    # hops must be in before it closes). With a watermark, that is known: both topics have been
+    # delivered past the end. Without one, a vehicle without fixes, or still for 2 x stop_s
     # without its fixes catching up, does not wait for them.
     lpv = piece_v[last_rows]
     lmov = last_moving_of[lpv]
     still_for = report_t[lpv] - lmov
     fix_so_far = odo.latest_t[lpv]
-    gps_in = (fix_so_far == ops.NO_TIME) | (fix_so_far >= lmov) | (still_for >= 2 * stop_ms)
+    if batch.watermark is not None:
+        gps_in = (fix_so_far >= lmov) | (batch.watermark[lpv] >= lmov)
+    else:
+        gps_in = (fix_so_far == ops.NO_TIME) | (fix_so_far >= lmov) | (still_for >= 2 * stop_ms)
     closes = np.flatnonzero((still_for >= stop_ms) & gps_in)
     if closes.shape[0]:
         cvv = lpv[closes]
@@ -283,43 +299,7 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
                        "odometer_km": np.round(f[2, r] / 1000.0, 3)})
     if n_closed:
         c = closed
-        start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5, c]
-        end_lat, end_lon, end_odo, end_soc, end_fuel = f[16:21, c]
-        n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:11, c]
-        # GPS: the odometer at the end; for a vehicle whose fixes stopped before the end, its latest
-        # (a fix later than the end but no reading at or before it: unknown, the fixes drifted too far)
-        quiet = np.isnan(f[22, c]) & (odo.latest_t[piece_v[c]] < end_t[c])
-        gps_end = np.where(quiet, odo.latest_cum[piece_v[c]], f[22, c])
-        gps_end = np.where(np.isnan(gps_end) & (f[21, c] < 0), 0.0, gps_end)  # a migrated trip, no GPS since
-        gps_km = np.clip(gps_end - f[21, c], 0, None) / 1000.0
-        odo_km = (end_odo - start_odo) / 1000.0
-        distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), gps_km, odo_km)
-        duration_s = (end_t[c] - piece_start[c]) / 1000.0
-        energy = np.clip(start_soc - end_soc, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
-        fuel = np.clip(start_fuel - end_fuel, 0, None) / 100.0 * float(cfg["fuel_tank_l"])
-        harsh = n_braking + n_acceleration + n_cornering
-        end_time, origin, vehicle, ids = end_t[c], end_rec[c], piece_v[c], trip_id[c]
-        ctx.emit("fleet.trip.ended", time=end_time, origin=origin, vehicle=vehicle,
-                 data={"trip_id": ids, "duration_s": duration_s,
-                       "distance_km": np.round(distance_km, 3), "energy_kwh": np.round(energy, 3),
-                       "fuel_l": np.round(fuel, 2), "harsh_events": harsh.astype(np.int64),
-                       "start.lat": start_lat, "start.lon": start_lon,
-                       "end.lat": end_lat, "end.lon": end_lon})
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rated = distance_km >= float(cfg["min_distance_km_for_rates"])
-            per100 = np.where(rated, 100.0 / distance_km, np.nan)
-            dur = np.where(duration_s > 0, duration_s, np.nan)
-            ctx.emit("fleet.behaviour.features", time=end_time, origin=origin, vehicle=vehicle,
-                     data={"trip_id": ids, "distance_km": np.round(distance_km, 3),
-                           "duration_s": duration_s,
-                           "mean_speed_kmh": np.round(distance_km / (dur / 3600.0), 2),
-                           "max_speed_kmh": np.round(f[5, c], 1),
-                           "harsh_braking_per_100km": np.round(n_braking * per100, 3),
-                           "harsh_accel_per_100km": np.round(n_acceleration * per100, 3),
-                           "harsh_cornering_per_100km": np.round(n_cornering * per100, 3),
-                           "speeding_share": np.round(np.clip(speeding_ms / 1000.0 / dur, 0, 1), 4),
-                           "idle_share": np.round(np.clip(idle_s / dur, 0, 1), 4),
-                           "energy_kwh_per_100km": np.round(energy * per100, 3)})
+        _emit_ended(ctx, f[:, c], piece_start[c], end_t[c], end_rec[c], piece_v[c], trip_id[c], odo, "stop")
 
     # --- state: open trips kept, closed ones dropped; the GPS odometer kept with an open trip,
     # or on its own while fixes run ahead of the speed readings -------------------------
@@ -342,6 +322,82 @@ def trips(batch: HandlerInput, ctx: HandlerContext) -> None:
             for i, t0, tm, v, o in zip(trip_id[keep].tolist(), piece_start[keep].tolist(),
                                        last_moving_of[kept_v].tolist(), values.tolist(), odo_parts, strict=True)],
             strict=True))
+    ctx.save_states(updates, plain=True)
+
+
+def _emit_ended(ctx: HandlerContext, f: np.ndarray, start_t: np.ndarray, end_t: np.ndarray, origin: np.ndarray,
+                vehicle: np.ndarray, trip_id: np.ndarray, odo: _GpsOdometer, end_reason: str) -> None:
+    """fleet.trip.ended and fleet.behaviour.features of closed trips, from their columns of the
+    per-piece table (`F_FIELDS` rows); `end_reason` is "stop" or "silent"."""
+    cfg = ctx.config
+    start_lat, start_lon, start_odo, start_soc, start_fuel = f[0:5]
+    end_lat, end_lon, end_odo, end_soc, end_fuel = f[16:21]
+    n_braking, n_acceleration, n_cornering, speeding_ms, idle_s = f[6:11]
+    # GPS: the odometer at the end; for a vehicle whose fixes stopped before the end, its latest
+    # (a fix later than the end but no reading at or before it: unknown, the fixes drifted too far)
+    quiet = np.isnan(f[22]) & (odo.latest_t[vehicle] < end_t)
+    gps_end = np.where(quiet, odo.latest_cum[vehicle], f[22])
+    gps_end = np.where(np.isnan(gps_end) & (f[21] < 0), 0.0, gps_end)  # a migrated trip, no GPS since
+    gps_km = np.clip(gps_end - f[21], 0, None) / 1000.0
+    odo_km = (end_odo - start_odo) / 1000.0
+    distance_km = np.where(np.isnan(odo_km) | (odo_km < 0), gps_km, odo_km)
+    duration_s = (end_t - start_t) / 1000.0
+    energy = np.clip(start_soc - end_soc, 0, None) / 100.0 * float(cfg["battery_capacity_kwh"])
+    fuel = np.clip(start_fuel - end_fuel, 0, None) / 100.0 * float(cfg["fuel_tank_l"])
+    harsh = n_braking + n_acceleration + n_cornering
+    ctx.emit("fleet.trip.ended", time=end_t, origin=origin, vehicle=vehicle,
+             data={"trip_id": trip_id, "end_reason": np.full(end_t.shape[0], end_reason, dtype=object),
+                   "duration_s": duration_s,
+                   "distance_km": np.round(distance_km, 3), "energy_kwh": np.round(energy, 3),
+                   "fuel_l": np.round(fuel, 2), "harsh_events": harsh.astype(np.int64),
+                   "start.lat": start_lat, "start.lon": start_lon,
+                   "end.lat": end_lat, "end.lon": end_lon})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rated = distance_km >= float(cfg["min_distance_km_for_rates"])
+        per100 = np.where(rated, 100.0 / distance_km, np.nan)
+        dur = np.where(duration_s > 0, duration_s, np.nan)
+        ctx.emit("fleet.behaviour.features", time=end_t, origin=origin, vehicle=vehicle,
+                 data={"trip_id": trip_id, "distance_km": np.round(distance_km, 3),
+                       "duration_s": duration_s,
+                       "mean_speed_kmh": np.round(distance_km / (dur / 3600.0), 2),
+                       "max_speed_kmh": np.round(f[5], 1),
+                       "harsh_braking_per_100km": np.round(n_braking * per100, 3),
+                       "harsh_accel_per_100km": np.round(n_acceleration * per100, 3),
+                       "harsh_cornering_per_100km": np.round(n_cornering * per100, 3),
+                       "speeding_share": np.round(np.clip(speeding_ms / 1000.0 / dur, 0, 1), 4),
+                       "idle_share": np.round(np.clip(idle_s / dur, 0, 1), 4),
+                       "energy_kwh_per_100km": np.round(energy * per100, 3)})
+
+
+def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
+    """End the open trips of vehicles that fell silent, at their last movement, with the summary
+    kept in state (what came after the last movement is dropped, as at a stop); the origin is
+    the vehicle's last frame. Their state goes, but for the end time: readings of the trip that
+    arrive late (a delayed upload, a replay) must not start it again."""
+    stored = {v: _compact(st) for v, st in ctx.states(batch.silent).items()}
+    if not stored:
+        return
+    # pending state goes (an earlier silence's marker stays: the vehicle has not reported since)
+    updates: dict[int, dict[str, Any] | None] = {v: None for v, st in stored.items() if "quiet_until" not in st}
+    tv = np.array([v for v in sorted(stored) if "trip" in stored[v]], dtype=np.int64)
+    if tv.shape[0]:
+        sts = [stored[v]["trip"] for v in tv.tolist()]
+        f = np.array([tr[3:] for tr in sts], dtype=np.float64).reshape(tv.shape[0], len(F_FIELDS)).T  # None -> NaN
+        start_t = np.array([tr[1] for tr in sts], dtype=np.int64)
+        end_t = np.array([tr[2] for tr in sts], dtype=np.int64)
+        odo = _GpsOdometer(stored, None, len(batch.vins))
+        # harsh, speeding and idling events the silence itself closed (emitted in this batch)
+        extra = np.zeros_like(f)
+        _event_sums(batch, tv, start_t, end_t, extra)
+        f[6:11] += extra[6:11]
+        unknown = np.isnan(f[22])  # the GPS odometer at the end, if it was not read yet
+        if unknown.any():
+            f[22, unknown] = odo.cum_at(tv[unknown], end_t[unknown])
+        trip_id = np.array([tr[0] for tr in sts], dtype=object)
+        _emit_ended(ctx, f, start_t, end_t, batch.first_record(tv), tv, trip_id, odo, "silent")
+        for v, t_end in zip(tv.tolist(), end_t.tolist(), strict=True):
+            updates[v] = {"odo": [stored[v]["odo"][0], None, None, None, None, None], "ahead": [],
+                          "quiet_until": t_end}
     ctx.save_states(updates, plain=True)
 
 

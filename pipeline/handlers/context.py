@@ -95,8 +95,11 @@ class Positions:
 class BatchView:
     """Per-batch caches over the clean readings, shared by every handler of the batch."""
 
-    def __init__(self, clean: Readings, records: Sequence[RawRecord], wanted: Iterable[str] = ()) -> None:
+    def __init__(self, clean: Readings, records: Sequence[RawRecord], wanted: Iterable[str] = (), *,
+                 watermark: IntArray | None = None, silent: IntArray | None = None) -> None:
         self.clean = clean
+        self.watermark = watermark  # per vehicle index, event time both ingest topics reached; None: unknown
+        self.silent = silent if silent is not None else np.empty(0, np.int64)  # sorted vehicle indexes
         self._wanted = frozenset(wanted)  # signals selected together on first use
         self.records = list(records)
         self.vins = list(clean.vins)
@@ -322,7 +325,8 @@ class BatchView:
         return mask
 
     def first_record(self) -> IntArray:
-        """Per vehicle index: the earliest record index among its readings (-1 if none)."""
+        """Per vehicle index: the earliest record index among its readings; for a vehicle
+        without readings, among its frames (a silent vehicle's last frame); -1 if none."""
         if self._first_record is None:
             out = np.full(len(self.vins), np.iinfo(np.int64).max, dtype=np.int64)
             if len(self.clean):
@@ -332,7 +336,14 @@ class BatchView:
                 bveh = self._block_vehicle  # ascending: the blocks of a vehicle are adjacent
                 first = np.flatnonzero(ops.first_of_group(bveh))
                 out[bveh[first]] = np.minimum.reduceat(self._record_of(starts), first)
-            self._first_record = np.where(out == np.iinfo(np.int64).max, -1, out)
+            none = out == np.iinfo(np.int64).max
+            f = self.clean.frames
+            if none.any() and len(f):
+                by_frame = np.full(len(self.vins), np.iinfo(np.int64).max, dtype=np.int64)
+                np.minimum.at(by_frame, f.vehicle.astype(np.int64), f.record.astype(np.int64))
+                out[none] = by_frame[none]
+                none = out == np.iinfo(np.int64).max
+            self._first_record = np.where(none, -1, out)
         return self._first_record
 
 
@@ -380,6 +391,19 @@ class HandlerInput:
         return self._view.records
 
     @property
+    def watermark(self) -> IntArray | None:
+        """Per vehicle index (into `vins`): the event time (epoch ms) up to which both ingest
+        topics of the vehicle's partition have been delivered, sensor and GPS alike; None
+        when unknown (unit tests, a runtime that does not align the topics)."""
+        return self._view.watermark
+
+    @property
+    def silent(self) -> IntArray:
+        """Sorted indexes (into `vins`) of vehicles that sent nothing for the worker's idle
+        timeout; they have no readings in this batch. Empty in ordinary batches."""
+        return self._view.silent
+
+    @property
     def readings(self) -> Readings:
         """Clean readings of the consumed signals, in (vehicle, signal, t) order."""
         if self._readings is None:
@@ -397,10 +421,14 @@ class HandlerInput:
         return r.frame.astype(np.int64)
 
     def input_records(self) -> IntArray:
-        """Distinct record indexes this handler reads from (its readings and events)."""
+        """Distinct record indexes this handler reads from (its readings and events, and for a
+        stateful handler the last frames of silent vehicles)."""
         parts = [self._view.series(n).record for n in self._signals]
         if self._events is not None and len(self._events):
             parts.append(self._events.origin)
+        if self.spec.state and len(self._view.silent):
+            fr = self.first_record(self._view.silent)
+            parts.append(fr[fr >= 0])
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
     def rows_in(self) -> int:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings, deterministic_id
+from pipeline.batch import DeadLetter, EventBatch, Frames, RawRecord, Readings, deterministic_id
 from pipeline.errors import HandlerError
 from pipeline.handlers.config import HandlerConfig, load_handler_config
 from pipeline.handlers.context import BatchView, HandlerContext, HandlerInput, HandlerMetrics
@@ -36,6 +37,7 @@ log = logging.getLogger("pipeline.handlers")
 
 REASON_ERROR = "handler_error"
 REASON_TIMEOUT = "handler_timeout"
+SILENT_STEP = ":silent"  # appended to the handler's name in the ids of events of a silent batch
 
 
 @dataclass
@@ -200,17 +202,25 @@ class HandlerRunner:
 
     # --- one batch ---------------------------------------------------------------------
     def run(self, clean: Readings, records: list[RawRecord], *,
-            events_in: EventBatch | None = None) -> HandlerRunResult:
+            events_in: EventBatch | None = None, watermark: npt.ArrayLike | None = None,
+            silent: npt.ArrayLike | None = None) -> HandlerRunResult:
         """Every enabled handler on one clean batch; see the module docstring for failures.
 
         `events_in` are extra events offered to handlers that consume event types (tests).
+        `watermark` (None: unknown) is per vehicle index the event time (epoch ms) up to which
+        both ingest topics of its partition have been delivered; handlers read it as
+        `batch.watermark`. `silent` are the indexes of vehicles that sent nothing for the idle
+        timeout (a batch of their own, made by `silent_batch`); handlers read them as
+        `batch.silent`, and every stateful handler is called for them.
         """
         if self.watcher is not None and self.watcher.maybe_check():
             self.update(self.watcher.registry, self.watcher.config)
         specs = [s for s in self.registry.ordered() if self.config.enabled(s.name)]
         if not specs:
             return HandlerRunResult(EventBatch.empty(), [], {})
-        view = BatchView(clean, records, wanted=self._wanted(specs))
+        view = BatchView(clean, records, wanted=self._wanted(specs),
+                         watermark=_watermark(watermark, len(clean.vins)),
+                         silent=_silent(silent, clean))
         base = [events_in] if events_in is not None and len(events_in) else []
         with self._lock:
             for name in [n for n, ev in self._stuck.items() if ev.is_set()]:
@@ -277,8 +287,8 @@ class HandlerRunner:
         st = out.stats
         inp = out.inp = HandlerInput(view, spec, _events_for(spec, outputs))
         st.rows_in = inp.rows_in()
-        if st.rows_in == 0:
-            return out, None
+        if st.rows_in == 0 and not (spec.state and len(view.silent)):
+            return out, None  # nothing to do; a stateful handler still hears of silent vehicles
         if quarantined:
             st.quarantined = 1
             out.reason = REASON_TIMEOUT
@@ -310,7 +320,9 @@ class HandlerRunner:
                 return out, None
             st.latency_s += time.perf_counter() - t0
             _merge_metrics(st, ctx.metrics)
-            assign_ids(events, view.records, spec.name)
+            # events about silence derive from a record that earlier events of this handler
+            # came from too: a step name of their own keeps their ids apart
+            assign_ids(events, view.records, f"{spec.name}{SILENT_STEP}" if len(view.silent) else spec.name)
             out.events = events
             st.events_out = len(events)
             return out, state
@@ -435,6 +447,60 @@ def _concat_rows(parts: list[EventBatch], masks: list[np.ndarray], kept: list[in
         present[name] = np.concatenate([b.is_present(name)[m] for b, m, _ in live])
     return EventBatch(attrs=attrs, data=data, present=present,
                       origin=np.concatenate([b.origin[m] for b, m, _ in live]))
+
+
+def silent_batch(vins: Sequence[str], records: Sequence[RawRecord], *,
+                 signal_names: Sequence[str] = ()) -> Readings:
+    """The clean batch that tells handlers vehicles fell silent: no readings, `vins` as given,
+    and one frame per vehicle pointing at `records[i]`, the last frame seen of `vins[i]`.
+
+    Events about the silence take that record as their origin (deterministic ids, and
+    `batch.first_record(v)` finds it). Pass it to `HandlerRunner.run(..., silent=
+    np.arange(len(vins)))`. `signal_names` is the catalog's list, if the caller has it.
+    """
+    n = len(vins)
+    if len(records) != n:
+        raise ValueError(f"silent_batch: {n} vehicles but {len(records)} records (one last frame each)")
+    if len(set(vins)) != n:
+        raise ValueError("silent_batch: a vehicle is listed twice")
+    received = np.array([r.timestamp_ms for r in records], dtype=np.int64)
+    frames = Frames(record=np.arange(n, dtype=np.int64), vehicle=np.arange(n, dtype=np.int32),
+                    seq=np.zeros(n, np.int64), sent_at=received.copy(), received_at=received,
+                    n_readings=np.zeros(n, np.int64))
+    out = Readings.empty(signal_names)
+    out.vins = list(vins)
+    out.frames = frames
+    return out
+
+
+def _watermark(watermark: npt.ArrayLike | None, n_vins: int) -> npt.NDArray[np.int64] | None:
+    if watermark is None:
+        return None
+    wm = np.asarray(watermark)
+    if wm.ndim != 1 or wm.shape[0] != n_vins or (wm.shape[0] and wm.dtype.kind not in "iu"):
+        raise ValueError(f"watermark: expected {n_vins} integer event times (one per vehicle), "
+                         f"got shape {wm.shape} of {wm.dtype}")
+    return wm.astype(np.int64, copy=False)
+
+
+def _silent(silent: npt.ArrayLike | None, clean: Readings) -> npt.NDArray[np.int64]:
+    if silent is None:
+        return _NO_VEHICLES
+    sv = np.asarray(silent)
+    if not sv.shape[0]:
+        return _NO_VEHICLES
+    if sv.ndim != 1 or sv.dtype.kind not in "iu":
+        raise ValueError(f"silent: expected vehicle indexes, got shape {sv.shape} of {sv.dtype}")
+    sv = np.unique(sv.astype(np.int64))
+    if sv[0] < 0 or sv[-1] >= len(clean.vins):
+        raise ValueError(f"silent: vehicle index outside 0..{len(clean.vins) - 1}")
+    if len(clean) and np.isin(clean.vehicle, sv).any():
+        raise ValueError("silent: a silent vehicle has readings in the batch")
+    return sv
+
+
+_NO_VEHICLES: npt.NDArray[np.int64] = np.empty(0, np.int64)
+_NO_VEHICLES.flags.writeable = False
 
 
 def _invoke(spec: HandlerSpec, inp: HandlerInput, ctx: HandlerContext) -> EventBatch:

@@ -7,6 +7,7 @@ out = h.run({"VIN1": {"Vehicle.Speed": ([0, 1000, 2000], [10, 20, 30])}})
 assert out.events_of("fleet.x.y")[0]["vin"] == "VIN1"
 ```
 State carries from one `run` to the next, like consecutive batches of one worker.
+`h.silence(["VIN1"])` tells the handlers a vehicle fell silent, as the worker's idle timer does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy.typing as npt
 from pipeline.batch import DeadLetter, EventBatch, Frames, RawRecord, Readings
 from pipeline.handlers.config import HandlerConfig, Zone
 from pipeline.handlers.registry import HandlerSpec, Registry, spec_of
-from pipeline.handlers.runner import HandlerRunner, HandlerStats
+from pipeline.handlers.runner import HandlerRunner, HandlerStats, silent_batch
 from pipeline.handlers.state import StateStore
 
 BatchData = Mapping[str, Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]]]
@@ -157,10 +158,14 @@ class HandlerHarness:
         self.runner = HandlerRunner(self.registry, self.config, self.state)
         self.signal_names = list(signal_names) if signal_names is not None else catalog_signal_names()
         self._offset = 0
+        self.last_record: dict[str, RawRecord] = {}  # each vehicle's latest frame so far
 
     def run(self, data: BatchData | tuple[Readings, list[RawRecord]],
-            events: Sequence[Mapping[str, Any]] | EventBatch | None = None) -> HarnessResult:
-        """One batch through the handlers; `events` are extra input events (rows or a batch)."""
+            events: Sequence[Mapping[str, Any]] | EventBatch | None = None, *,
+            watermark: npt.ArrayLike | Mapping[str, int] | None = None) -> HarnessResult:
+        """One batch through the handlers; `events` are extra input events (rows or a batch).
+
+        `watermark`: per vehicle of the batch (an array in `vins` order, or `{vin: t_ms}`)."""
         if isinstance(data, tuple):
             readings, records = data
         else:
@@ -168,7 +173,23 @@ class HandlerHarness:
         self._offset += max(len(records), 1)
         extra = events if isinstance(events, EventBatch) else make_events(list(events or ()),
                                                                             n_records=len(records))
-        res = self.runner.run(readings, records, events_in=extra)
+        if isinstance(watermark, Mapping):
+            watermark = np.array([watermark[v] for v in readings.vins], dtype=np.int64)
+        res = self.runner.run(readings, records, events_in=extra, watermark=watermark)
+        f = readings.frames
+        for r, v in zip(f.record.tolist(), f.vehicle.tolist(), strict=True):
+            rec = records[r]
+            known = self.last_record.get(readings.vins[v])
+            if known is None or (rec.topic, rec.partition, rec.offset) >= (known.topic, known.partition, known.offset):
+                self.last_record[readings.vins[v]] = rec
+        return HarnessResult(res.events, res.dead_letters, res.stats, records)
+
+    def silence(self, vins: Sequence[str]) -> HarnessResult:
+        """Tell the handlers these vehicles fell silent (each must have been in an earlier run):
+        a `silent_batch` over their latest frames, as the worker's idle timer sends it."""
+        records = [self.last_record[v] for v in vins]
+        res = self.runner.run(silent_batch(list(vins), records, signal_names=self.signal_names or ()),
+                              records, silent=np.arange(len(vins), dtype=np.int64))
         return HarnessResult(res.events, res.dead_letters, res.stats, records)
 
     def close(self) -> None:
