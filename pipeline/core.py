@@ -180,10 +180,8 @@ class Core:
         events = EventBatch.empty()
         handler_stats: dict[str, Any] = {}
         if self.handlers is not None:
-            wm = vehicle_watermarks(cleaned.readings, records, watermarks)
-            import inspect  # TEMP until the runner takes watermarks
-            extra = {"watermark": wm} if "watermark" in inspect.signature(self.handlers.run).parameters else {}
-            run = self.handlers.run(cleaned.readings, records, **extra)
+            run = self.handlers.run(cleaned.readings, records,
+                                    watermark=vehicle_watermarks(cleaned.readings, records, watermarks))
             events = run.events
             dead_letters.extend(run.dead_letters)
             handler_stats = run.stats
@@ -191,21 +189,7 @@ class Core:
         t3 = time.perf_counter()
         timings["handlers"] = t3 - t2
 
-        routed: dict[str, EventBatch] = {}
-        targets: dict[str, list[Any]] = {}
-        unmatched = 0
-        route_result = None
-        if self.router is not None and len(events):
-            route_result = self.router.route(events)
-            routed, targets, unmatched = route_result.per_route, route_result.targets, route_result.unmatched
-            ruleset = self.router.ruleset
-            for route, origin, reason, error in route_result.dead_letters:
-                target = ruleset.get(route).spec.dead_letter
-                dead_letters.append(DeadLetter(records[int(origin)], f"route:{route}", reason, error,
-                                               {"dead_letter_topic": getattr(target, "topic", None)}))
-        timings["rules"] = time.perf_counter() - t3
-
-        return BatchResult(
+        result = BatchResult(
             records=records,
             decoded=decoded,
             clean=cleaned.readings,
@@ -213,11 +197,50 @@ class Core:
             outcome=cleaned.outcome,
             reasons=list(cleaned.reasons),
             events=events,
-            routed=routed,
-            targets=targets,
+            routed={},
+            targets={},
             dead_letters=dead_letters,
-            unmatched=unmatched,
             timings=timings,
             handler_stats=handler_stats,
-            route_result=route_result,
         )
+        self._route(result)
+        timings["rules"] = time.perf_counter() - t3
+        return result
+
+    def silent(self, records: list[RawRecord]) -> BatchResult:
+        """An idle signal: the vehicles whose last frames are `records` sent nothing for the
+        runtime's `vehicle_idle_timeout_s`. Stateful handlers close what those vehicles had open
+        (trips end with reason `silent`); their events are routed like any others. The records
+        were accounted for by the batch that held them: the result has no readings."""
+        from pipeline.handlers import silent_batch
+
+        clean = silent_batch([(r.key or b"").decode("utf-8", "replace") for r in records], records)
+        empty = Readings.empty()
+        result = BatchResult(records=records, decoded=empty, clean=clean, repaired=np.zeros(0, dtype=bool),
+                             outcome=np.zeros(0, dtype=np.int8), reasons=["kept"], events=EventBatch.empty(),
+                             routed={}, targets={}, dead_letters=[])
+        if self.handlers is None or not records:
+            return result
+        t0 = time.perf_counter()
+        run = self.handlers.run(clean, records, silent=np.arange(len(records), dtype=np.int64))
+        result.dead_letters.extend(run.dead_letters)
+        result.handler_stats = run.stats
+        result.events = drop_bad_event_times(run.events, records, result.dead_letters)
+        t1 = time.perf_counter()
+        self._route(result)
+        result.timings = {"handlers": t1 - t0, "rules": time.perf_counter() - t1}
+        return result
+
+    def _route(self, result: BatchResult) -> None:
+        """Route a result's events by the rules; a route's failures become dead letters."""
+        if self.router is None or not len(result.events):
+            return
+        route_result = self.router.route(result.events)
+        result.route_result = route_result
+        result.routed, result.targets = route_result.per_route, route_result.targets
+        result.unmatched = route_result.unmatched
+        ruleset = self.router.ruleset
+        for route, origin, reason, error in route_result.dead_letters:
+            target = ruleset.get(route).spec.dead_letter
+            result.dead_letters.append(DeadLetter(result.records[int(origin)], f"route:{route}", reason, error,
+                                                  {"dead_letter_topic": getattr(target, "topic", None)}))

@@ -85,10 +85,12 @@ def failed_batch(records: list[RawRecord], exc: Exception) -> BatchResult:
     )
 
 
-def observe(result: BatchResult, seconds: float) -> None:
-    """A batch result's counts and timings as Prometheus metrics."""
-    for topic, frames in Counter(r.topic for r in result.records).items():
-        metrics.FRAMES_IN.labels(topic).inc(frames)
+def observe(result: BatchResult, seconds: float, *, silent: bool = False) -> None:
+    """A batch result's counts and timings as Prometheus metrics (an idle signal's records
+    were counted with the batch that held them)."""
+    if not silent:
+        for topic, frames in Counter(r.topic for r in result.records).items():
+            metrics.FRAMES_IN.labels(topic).inc(frames)
     for stage, s in result.timings.items():
         metrics.BATCH_SECONDS.labels(stage).observe(s)
     metrics.BATCH_SECONDS.labels("total").observe(seconds)
@@ -380,13 +382,13 @@ class BatchIngest:
         started = time.perf_counter()
         try:
             if batch.silent:
-                result = self.core.silent(records)  # type: ignore[attr-defined]
+                result = self.core.silent(records)
             else:
                 result = self.core.process(records, watermarks=batch.watermarks)
         except Exception as exc:  # the core failed as a whole: dead-letter the batch
             log.exception("core failed on %d records %s..%s", len(records), records[0].where, records[-1].where)
             result = failed_batch(records, exc)
-        observe(result, time.perf_counter() - started)
+        observe(result, time.perf_counter() - started, silent=batch.silent)
         return result, self.state.changes() if self.state is not None else []
 
     def _plan(self, result: BatchResult, state_messages: list[OutMessage], silent: bool) -> OutputPlan:
@@ -514,8 +516,7 @@ class BatchIngest:
 
     def _due_silent(self) -> Batch | None:
         """An idle-signal batch for vehicles silent for `vehicle_idle_timeout_s`, if any."""
-        if self.core.handlers is None or not self._accepting or not self._last_seen \
-                or not hasattr(self.core, "silent"):
+        if self.core.handlers is None or not self._accepting or not self._last_seen:
             return None
         timeout = self.settings.vehicle_idle_timeout_s
         now = time.monotonic()
