@@ -11,7 +11,9 @@ topics' highest record timestamps so far; each topic releases, in offset order, 
 at or below it. The leading topic is thereby held back until the other catches up. A topic
 that delivers nothing while the other's records wait for `max_wait_ms` is marked idle (as
 Kafka Streams does after `max.task.idle.ms`): the partition then releases everything until
-that topic delivers again. A topic-partition holding more than `max_buffered` records is
+that topic delivers again, unless the broker still holds records of it that the consumer
+has not fetched yet (`backlog`): then it is not quiet, only slow, and the wait goes on, as
+Kafka Streams does since KIP-695. A topic-partition holding more than `max_buffered` records is
 reported by `over_limit`, so the consumer can pause fetching it (the bound on memory).
 
 Pure: no Kafka, no clock of its own (callers pass `now_ms`).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pipeline.batch import RawRecord
 
@@ -37,12 +39,14 @@ def _timestamp(record: RawRecord) -> int:
 class Aligner:
     """Buffers of the co-partitioned ingest topics, released in event-time order."""
 
-    def __init__(self, topics: Sequence[str], *, max_wait_ms: int = 500, max_buffered: int = 4000) -> None:
+    def __init__(self, topics: Sequence[str], *, max_wait_ms: int = 500, max_buffered: int = 4000,
+                 backlog: Callable[[str, int], bool] | None = None) -> None:
         if len(set(topics)) != len(topics) or not topics:
             raise ValueError(f"aligned topics must be distinct and at least one: {list(topics)}")
         self.topics = tuple(topics)
         self.max_wait_ms = int(max_wait_ms)
         self.max_buffered = int(max_buffered)
+        self.backlog = backlog  # (topic, partition) -> records wait in the broker for it
         self.partitions: set[int] = set()
         self._buf: dict[TopicPartition, deque[RawRecord]] = {}
         self._high: dict[TopicPartition, int] = {}
@@ -121,13 +125,32 @@ class Aligner:
             return max(seen) if seen else ALWAYS
         return min(marks)
 
-    def watermarks(self) -> dict[int, int]:
-        """Watermark of every assigned partition that has one."""
+    def delivered_watermarks(self, delivered: dict[TopicPartition, int]) -> dict[int, int]:
+        """Per assigned partition, the event time up to which the core has been given every
+        non-idle topic's records: the smaller of the highest timestamps handed on per topic
+        (`delivered`, kept by the caller as batches are formed). Records released but not
+        yet in a batch do not count, so a handler never takes a time as complete while some
+        of its records wait for the next batch."""
         out = {}
         for p in self.partitions:
-            w = self.watermark(p)
-            if w is not None and w != ALWAYS:
-                out[p] = w
+            marks: list[int] = []
+            unknown = False
+            for t in self.topics:
+                key = (t, p)
+                if key in self._idle:  # a quiet topic does not hold event time back
+                    continue
+                high = delivered.get(key)
+                if high is None:
+                    unknown = True
+                    break
+                marks.append(high)
+            if unknown:
+                continue
+            if not marks:
+                marks = [max(delivered[(t, p)] for t in self.topics if (t, p) in delivered)] \
+                    if any((t, p) in delivered for t in self.topics) else []
+            if marks:
+                out[p] = min(marks)
         return out
 
     def next_deadline(self) -> int | None:
@@ -173,7 +196,9 @@ class Aligner:
             since = self._held_since.get(p)
             if since is None or progressed:
                 since = self._held_since[p] = now_ms
-            if now_ms - since >= self.max_wait_ms:
+            quiet = [t for t, buf in zip(self.topics, bufs, strict=True) if not buf]
+            slow = self.backlog is not None and any(self.backlog(t, p) for t in quiet)
+            if now_ms - since >= self.max_wait_ms and not slow:
                 # the topics that delivered nothing meanwhile are idle: release the rest
                 for t, buf in zip(self.topics, bufs, strict=True):
                     if not buf:

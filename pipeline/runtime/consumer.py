@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
@@ -66,14 +67,30 @@ class BatchConsumer(AIOKafkaConsumer):
 
     def group_handle(self) -> GroupHandle:
         """Commit, pause and resume by (topic, partition), for `BatchIngest`."""
-        return GroupHandle(commit=self.commit_offsets, pause=self._pause, resume=self._resume)
+        return GroupHandle(commit=self.commit_offsets, pause=self._pause, resume=self._resume,
+                           backlog=self.has_backlog)
+
+    def has_backlog(self, topic: str, partition: int) -> bool:
+        """True when the broker holds records of the partition past the consumer's position
+        (from the last fetch response's high watermark; False while unknown)."""
+        try:
+            consumer = self._thread._ensure_consumer()
+            tp = TopicPartition(topic, partition)
+            high = consumer.highwater(tp)
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except Exception:  # not started, or not assigned (any more)
+            return False
+        if high is None or state is None or not state.has_valid_position:
+            return False
+        return bool(high > state.position)
 
     async def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> bool:
         """Commit these next offsets (only of partitions still assigned to this member)."""
         return bool(await self._thread.commit({self._tp(t, p): o for (t, p), o in offsets.items()}))
 
-    def _tp(self, topic: str, partition: int) -> TP:
-        return self._new_topicpartition(topic, partition)
+    @staticmethod
+    def _tp(topic: str, partition: int) -> TP:
+        return TP(topic, partition)  # Faust's own type: its partition sets assert on it
 
     def _pause(self, tps: Iterable[tuple[str, int]]) -> None:
         self.pause_partitions([self._tp(t, p) for t, p in tps])

@@ -94,15 +94,21 @@ def observe(result: BatchResult, seconds: float, *, silent: bool = False) -> Non
     for stage, s in result.timings.items():
         metrics.BATCH_SECONDS.labels(stage).observe(s)
     metrics.BATCH_SECONDS.labels("total").observe(seconds)
-    counts = result.readings_by_record().sum(axis=0).tolist() if result.records else []
-    for name, n in zip(result.reasons, counts, strict=False):
-        if n:
-            metrics.READINGS_OUT.labels(name).inc(n)
-    if len(result.decoded):
-        rec_topic = np.array([r.topic for r in result.records], dtype=object)
-        topics, n_by = np.unique(rec_topic[result.decoded.frames.record[result.decoded.frame]], return_counts=True)
-        for t, n in zip(topics.tolist(), n_by.tolist(), strict=True):
-            metrics.READINGS_IN.labels(t).inc(n)
+    if len(result.outcome):
+        counts = np.bincount(result.outcome.astype(np.int64), minlength=len(result.reasons)).tolist()
+        for name, n in zip(result.reasons, counts, strict=False):
+            if n:
+                metrics.READINGS_OUT.labels(name).inc(n)
+    decoded_frames = result.decoded.frames
+    if len(decoded_frames) and not silent:
+        names: dict[str, int] = {}
+        topic_of = np.fromiter((names.setdefault(r.topic, len(names)) for r in result.records), dtype=np.int64,
+                               count=len(result.records))
+        per_topic = np.bincount(topic_of[decoded_frames.record], weights=decoded_frames.n_readings,
+                                minlength=len(names))
+        for t, i in names.items():
+            if per_topic[i]:
+                metrics.READINGS_IN.labels(t).inc(int(per_topic[i]))
     for dl in result.dead_letters:
         metrics.DEAD_LETTERS.labels(dl.stage, dl.reason).inc()
         if dl.stage == "decode":
@@ -130,10 +136,12 @@ class GroupHandle:
 
     def __init__(self, commit: Callable[[dict[TopicPartition, int]], Awaitable[bool]],
                  pause: Callable[[Iterable[TopicPartition]], None],
-                 resume: Callable[[Iterable[TopicPartition]], None]) -> None:
+                 resume: Callable[[Iterable[TopicPartition]], None],
+                 backlog: Callable[[str, int], bool] | None = None) -> None:
         self.commit = commit
         self.pause = pause
         self.resume = resume
+        self.backlog = backlog  # records of (topic, partition) in the broker not fetched yet
 
 
 class BatchIngest:
@@ -165,6 +173,7 @@ class BatchIngest:
         self._last_core: Batch | None = None
         self._paused: set[TopicPartition] = set()
         self._to_commit: dict[TopicPartition, int] = {}
+        self._delivered: dict[TopicPartition, int] = {}  # highest record time handed to the core
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen: dict[bytes, tuple[float, RawRecord]] = {}  # VIN -> (monotonic s, last frame)
         self._silenced: set[bytes] = set()
@@ -197,6 +206,7 @@ class BatchIngest:
         from aiokafka import AIOKafkaProducer
 
         self.consumer = consumer
+        self.aligner.backlog = consumer.backlog
         if self.producer is None:
             self.producer = AIOKafkaProducer(
                 **self.settings.kafka_client_kwargs(), enable_idempotence=True, acks="all",
@@ -268,6 +278,7 @@ class BatchIngest:
         dropped += len(self._ready) - len(kept)
         self._ready = deque(kept)
         self._paused = {tp for tp in self._paused if tp[1] not in gone}
+        self._delivered = {tp: t for tp, t in self._delivered.items() if tp[1] not in gone}
         if self._last_core is not None:
             await self._last_core.core_done.wait()
         if self.state is not None:
@@ -314,7 +325,12 @@ class BatchIngest:
                 records = [self._ready.popleft() for _ in range(min(n, settings.batch_size))]
                 self._ready_since = now if self._ready else None
                 self._numbers += 1
-                return Batch(self._numbers, records, self.aligner.watermarks())
+                delivered = self._delivered
+                for r in records:
+                    key = (r.topic, r.partition)
+                    if r.timestamp_ms > delivered.get(key, -1):
+                        delivered[key] = r.timestamp_ms
+                return Batch(self._numbers, records, self.aligner.delivered_watermarks(delivered))
             if self._stopping and not self._ready:
                 raise asyncio.CancelledError("ingest stopping")
             timeout = self._wait_time(now)

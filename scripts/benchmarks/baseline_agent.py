@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import faust  # noqa: E402
 
-from pipeline.runtime.app import faust_broker_kwargs, to_raw_record  # noqa: E402
 from pipeline.catalog import load_catalog  # noqa: E402
 from pipeline.clean import load_cleaning_config  # noqa: E402
 from pipeline.clean.reference import ReferenceCleaner  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.events import decode_records  # noqa: E402
+from pipeline.runtime.app import faust_broker_kwargs, to_raw_record  # noqa: E402
 
 
 def create_app(settings: Settings, agent: str = "per-event") -> faust.App:

@@ -123,3 +123,26 @@ def test_every_record_comes_out_once_in_offset_order_per_topic_partition(
     for key, n in nxt.items():
         offs = [r.offset for r in out if (r.topic, r.partition) == key]
         assert offs == list(range(n))
+
+
+def test_watermarks_count_only_what_reached_the_core_and_skip_idle_topics() -> None:
+    a = aligner()
+    assert a.delivered_watermarks({(S, 0): 5_000}) == {}  # GPS of partition 0 not delivered yet
+    assert a.delivered_watermarks({(S, 0): 5_000, (G, 0): 3_000}) == {0: 3_000}
+    a.add(S, 0, recs(S, 0, 0, [9]))
+    a.release(now_ms=0)
+    a.release(now_ms=1_000)  # GPS quiet for the wait: idle
+    assert (G, 0) in a.idle_topics()
+    assert a.delivered_watermarks({(S, 0): 9_000, (G, 0): 3_000}) == {0: 9_000}
+
+
+def test_a_topic_with_records_still_in_the_broker_is_slow_not_idle() -> None:
+    backlog = {(G, 0): True}
+    a = Aligner((S, G), max_wait_ms=500, max_buffered=100, backlog=lambda t, p: backlog.get((t, p), False))
+    a.assign({0})
+    a.add(S, 0, recs(S, 0, 0, [0, 1, 2]))
+    a.release(now_ms=0)
+    assert a.release(now_ms=5_000) == []  # the GPS records are on their way: keep waiting
+    assert (G, 0) not in a.idle_topics()
+    backlog[(G, 0)] = False  # fetched everything there was, and none of it came: quiet
+    assert len(a.release(now_ms=5_001)) == 3 and (G, 0) in a.idle_topics()
