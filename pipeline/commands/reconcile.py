@@ -29,11 +29,11 @@ def register(app: typer.Typer) -> None:
                                      for r in reports], option=orjson.OPT_INDENT_2).decode())
         else:
             table = Table("partition", "log start", "committed", "end", "covered to", "manifests",
-                          "frames", "dead", "in DLQ", "readings in", "kept", "repaired", "dropped",
-                          "ok", title="reconcile")
+                          "overlaps", "frames", "dead", "in DLQ", "readings in", "kept", "repaired",
+                          "dropped", "ok", title="reconcile")
             for r in reports:
                 table.add_row(f"{r.topic}[{r.partition}]", str(r.log_start), str(r.committed),
-                              str(r.log_end), str(r.covered_to), str(r.manifests), str(r.frames_in),
+                              str(r.log_end), str(r.covered_to), str(r.manifests), str(r.overlaps), str(r.frames_in),
                               str(r.frames_dead_lettered), str(r.dlq_found), str(r.readings_in),
                               str(r.readings_kept), str(r.readings_repaired), str(r.readings_dropped),
                               "[green]yes" if r.ok else "[red]NO")
@@ -43,7 +43,10 @@ def register(app: typer.Typer) -> None:
                     console.print(f"[red]{r.topic}[{r.partition}]: {problem}")
             totals = {k: sum(getattr(r, k) for r in reports) for k in
                       ("frames_in", "frames_dead_lettered", "readings_in", "readings_kept",
-                       "readings_repaired", "readings_dropped")}
-            console.print("totals: " + ", ".join(f"{k}={v}" for k, v in totals.items()))
+                       "readings_repaired", "readings_dropped", "overlaps")}
+            committed = sum((r.committed or r.log_start) - r.log_start for r in reports)
+            totals["frames_committed"] = committed
+            totals["frames_reprocessed"] = max(0, totals["frames_in"] - committed)
+            console.print("totals: " + ", ".join(f"{k}={v}" for k, v in totals.items()), soft_wrap=True)
             console.print("[green]balanced: nothing lost" if ok else "[red]NOT balanced")
         raise typer.Exit(0 if ok else 1)

@@ -51,14 +51,21 @@ class Aligner:
         self._buf: dict[TopicPartition, deque[RawRecord]] = {}
         self._high: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
+        self.gaps: dict[TopicPartition, int] = {}  # topic-partition -> offset to seek back to
         self._idle: set[TopicPartition] = set()
         self._held_since: dict[int, int] = {}
         self._turn = 0
         self.forced = 0  # releases forced by an idle topic (a metric)
 
     # --- assignment --------------------------------------------------------------------------
-    def assign(self, partitions: Iterable[int]) -> None:
+    def assign(self, partitions: Iterable[int], resume: dict[TopicPartition, int] | None = None) -> None:
+        """Take partitions; `resume` gives the next offset to accept of topic-partitions this
+        worker owned until the rebalance (what it had not processed when they were revoked):
+        records before it are skipped, a fetch that starts after it is a gap (see `gaps`)."""
         self.partitions.update(partitions)
+        for key, offset in (resume or {}).items():
+            if key[1] in self.partitions and key[0] in self.topics:
+                self._next[key] = offset
 
     def revoke(self, partitions: Iterable[int]) -> int:
         """Forget partitions; returns how many buffered records were dropped (their new
@@ -72,6 +79,7 @@ class Aligner:
                 dropped += len(self._buf.pop(key, ()))
                 self._high.pop(key, None)
                 self._next.pop(key, None)
+                self.gaps.pop(key, None)
                 self._idle.discard(key)
         return dropped
 
@@ -88,6 +96,12 @@ class Aligner:
             records = [r for r in records if r.offset >= nxt]
             if not records:
                 return 0
+        if nxt is not None and records[0].offset > nxt:
+            # the consumer is past records this worker never processed (its position survived
+            # a rebalance while their buffer did not): refuse, and ask for a seek back
+            self.gaps[key] = nxt
+            return 0
+        self.gaps.pop(key, None)
         buf = self._buf.get(key)
         if buf is None:
             buf = self._buf[key] = deque()
@@ -100,6 +114,20 @@ class Aligner:
         return len(records)
 
     # --- state -------------------------------------------------------------------------------
+    def resume_offsets(self, partitions: Iterable[int]) -> dict[TopicPartition, int]:
+        """Per topic-partition of these partitions: the first offset not handed on yet (the
+        oldest buffered record, else the next one expected)."""
+        out = {}
+        for p in partitions:
+            for t in self.topics:
+                key = (t, p)
+                buf = self._buf.get(key)
+                if buf:
+                    out[key] = buf[0].offset
+                elif key in self._next:
+                    out[key] = self._next[key]
+        return out
+
     def buffered(self, topic: str | None = None, partition: int | None = None) -> int:
         return sum(len(b) for (t, p), b in self._buf.items()
                    if (topic is None or t == topic) and (partition is None or p == partition))

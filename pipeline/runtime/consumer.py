@@ -68,7 +68,10 @@ class BatchConsumer(AIOKafkaConsumer):
     def group_handle(self) -> GroupHandle:
         """Commit, pause and resume by (topic, partition), for `BatchIngest`."""
         return GroupHandle(commit=self.commit_offsets, pause=self._pause, resume=self._resume,
-                           backlog=self.has_backlog)
+                           backlog=self.has_backlog, seek=self._seek_to)
+
+    async def _seek_to(self, tp: tuple[str, int], offset: int) -> None:
+        await self.seek(self._tp(*tp), offset)
 
     def has_backlog(self, topic: str, partition: int) -> bool:
         """True when the broker holds records of the partition past the consumer's position

@@ -137,11 +137,13 @@ class GroupHandle:
     def __init__(self, commit: Callable[[dict[TopicPartition, int]], Awaitable[bool]],
                  pause: Callable[[Iterable[TopicPartition]], None],
                  resume: Callable[[Iterable[TopicPartition]], None],
-                 backlog: Callable[[str, int], bool] | None = None) -> None:
+                 backlog: Callable[[str, int], bool] | None = None,
+                 seek: Callable[[TopicPartition, int], Awaitable[None]] | None = None) -> None:
         self.commit = commit
         self.pause = pause
         self.resume = resume
         self.backlog = backlog  # records of (topic, partition) in the broker not fetched yet
+        self.seek = seek  # move the fetch position of (topic, partition) to an offset
 
 
 class BatchIngest:
@@ -174,6 +176,8 @@ class BatchIngest:
         self._paused: set[TopicPartition] = set()
         self._to_commit: dict[TopicPartition, int] = {}
         self._delivered: dict[TopicPartition, int] = {}  # highest record time handed to the core
+        self._resume: dict[TopicPartition, int] = {}  # where revoked partitions stopped
+        self._seeking: dict[TopicPartition, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_seen: dict[bytes, tuple[float, RawRecord]] = {}  # VIN -> (monotonic s, last frame)
         self._silenced: set[bytes] = set()
@@ -247,6 +251,8 @@ class BatchIngest:
             raws = [RawRecord(topic, partition, r.offset, r.key, r.value, r.headers, r.timestamp or 0)
                     for r in recs]
             accepted += self.aligner.add(topic, partition, raws)
+        if self.aligner.gaps:
+            self._seek_back()
         full = self.aligner.over_limit() - self._paused
         if full and self.consumer is not None:
             self.consumer.pause(full)
@@ -255,10 +261,36 @@ class BatchIngest:
             self._wakeup.set()
         return accepted
 
+    def _seek_back(self) -> None:
+        """Ask the consumer to fetch again from where this worker stopped (one seek at a time
+        per partition; records past the gap are refused until the seek lands)."""
+        if self.consumer is None or self.consumer.seek is None:
+            return
+        for tp, offset in self.aligner.gaps.items():
+            if self._seeking.get(tp) == offset:
+                continue
+            self._seeking[tp] = offset
+            log.info("%s[%d]: fetch resumed past offset %d, which this worker had not processed; "
+                     "seeking back", tp[0], tp[1], offset)
+            asyncio.ensure_future(self._seek(tp, offset))
+
+    async def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None and self.consumer.seek is not None
+        try:
+            await self.consumer.seek(tp, offset)
+        except Exception as exc:  # not assigned any more: the next owner reads from the commit
+            log.warning("%s[%d]: seek to %d failed (%s: %s)", tp[0], tp[1], offset, type(exc).__name__, exc)
+        finally:
+            self._seeking.pop(tp, None)
+
     def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """The group gave this worker these partitions (both topics of each, co-partitioned)."""
-        mine = {p for t, p in partitions if t in self.topics}
-        self.aligner.assign(mine)
+        """The group gave this worker these partitions (both topics of each, co-partitioned).
+        Partitions it held until this rebalance resume exactly where it stopped."""
+        tps = set(partitions)
+        mine = {p for t, p in tps if t in self.topics}
+        resume = {tp: o for tp, o in self._resume.items() if tp in tps}
+        self._resume = {}
+        self.aligner.assign(mine, resume)
         self._paused.clear()
         self._accepting = not self._stopping
         self._wakeup.set()
@@ -273,6 +305,7 @@ class BatchIngest:
         if not drained:
             log.warning("revoke: in-flight batches still not durable after %.0f s; their offsets stay "
                         "uncommitted and the partitions' next owner replays them", self.settings.revoke_timeout_s)
+        self._resume = self._resume_offsets(gone)
         dropped = self.aligner.revoke(gone)
         kept = [r for r in self._ready if r.partition not in gone]
         dropped += len(self._ready) - len(kept)
@@ -288,6 +321,28 @@ class BatchIngest:
             self._silenced.discard(vin)
         if gone:
             log.info("revoked partitions %s: %d buffered records left for the next owner", sorted(gone), dropped)
+
+    def _resume_offsets(self, partitions: set[int]) -> dict[TopicPartition, int]:
+        """Per topic-partition being revoked, the first offset this worker has not made durable:
+        from batches still in flight (a drain that timed out), records released but not yet in
+        a batch, and the aligner's buffers. If the rebalance gives the partition straight back,
+        the worker resumes exactly there, whatever the consumer's position or commit."""
+        out = self.aligner.resume_offsets(partitions)
+
+        def lower(tp: TopicPartition, offset: int) -> None:
+            if offset < out.get(tp, offset + 1):
+                out[tp] = offset
+
+        for r in self._ready:
+            if r.partition in partitions:
+                lower((r.topic, r.partition), r.offset)
+        for batch in self._inflight:
+            if batch.silent:
+                continue
+            for r in batch.records:
+                if r.partition in partitions:
+                    lower((r.topic, r.partition), r.offset)
+        return out
 
     # --- stages ---------------------------------------------------------------------------------
     async def _assemble(self) -> None:

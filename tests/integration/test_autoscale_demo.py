@@ -1,5 +1,6 @@
 """The autoscaler with real workers: a rush-hour burst, replicas up within the partition bound,
-down to the minimum after the window, and `pipeline reconcile` balanced across every scale event."""
+down to the minimum after the window, and `pipeline reconcile` balanced across every scale event
+with no frame processed twice."""
 
 from __future__ import annotations
 
@@ -22,3 +23,7 @@ def test_autoscale_demo_follows_a_burst_and_reconciles(services: Settings) -> No
     assert 1 < peak <= ceiling <= partitions
     assert final == 1
     assert "balanced: nothing lost" in out
+    # scaling moved partitions without processing any frame twice: no reading counted twice
+    totals = dict(re.findall(r"(\w+)=(\d+)", re.search(r"totals: (.*)", out).group(1)))  # type: ignore[union-attr]
+    assert totals["overlaps"] == "0" and totals["frames_reprocessed"] == "0", totals
+    assert totals["frames_in"] == totals["frames_committed"], totals

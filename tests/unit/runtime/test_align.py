@@ -146,3 +146,18 @@ def test_a_topic_with_records_still_in_the_broker_is_slow_not_idle() -> None:
     assert (G, 0) not in a.idle_topics()
     backlog[(G, 0)] = False  # fetched everything there was, and none of it came: quiet
     assert len(a.release(now_ms=5_001)) == 3 and (G, 0) in a.idle_topics()
+
+
+def test_a_partition_given_straight_back_resumes_where_this_worker_stopped() -> None:
+    a = aligner()
+    a.add(S, 0, recs(S, 0, 0, [1, 2, 3, 4]))
+    a.add(G, 0, recs(G, 0, 0, [1, 2]))
+    a.release(now_ms=0)  # S 0..1 and G 0..1 handed on, S 2..3 held back
+    resume = a.resume_offsets({0})
+    assert resume == {(S, 0): 2, (G, 0): 2}
+    a.revoke({0})
+    a.assign({0}, resume)
+    assert a.add(S, 0, recs(S, 0, 4, [5])) == 0  # the consumer kept its position: a gap
+    assert a.gaps == {(S, 0): 2}
+    assert a.add(S, 0, recs(S, 0, 0, [1, 2, 3, 4, 5])) == 3  # after a seek back (or from an older commit)
+    assert a.gaps == {} and a.buffered(S, 0) == 3
