@@ -19,7 +19,7 @@ from pipeline.batch import EventBatch, RawRecord, Readings
 from pipeline.errors import HandlerError
 from pipeline.handlers import ops
 from pipeline.handlers.config import Zone
-from pipeline.handlers.registry import HandlerSpec, emitted_field_errors
+from pipeline.handlers.registry import HandlerSpec, emitted_field_errors, handler_source
 from pipeline.handlers.state import StateView
 
 IntArray = npt.NDArray[np.int64]
@@ -530,7 +530,7 @@ class HandlerContext:
         self.logger = logging.getLogger(f"pipeline.handler.{spec.name}")
         self.metrics = HandlerMetrics()
         self._emitted: list[EventBatch] = []
-        self.source = f"/handlers/{spec.name}"
+        self.source = handler_source(spec.name)
 
     @property
     def state(self) -> StateView:

@@ -160,6 +160,11 @@ def emitted_field_errors(spec: HandlerSpec, event_type: str, columns: Mapping[st
     return errors
 
 
+def handler_source(name: str) -> str:
+    """The CloudEvents `source` of the events a handler emits."""
+    return f"/handlers/{name}"
+
+
 def spec_of(fn: Any) -> HandlerSpec | None:
     """The spec a function was decorated with, if any."""
     spec = getattr(fn, "__handler_spec__", None)
