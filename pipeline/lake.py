@@ -25,7 +25,7 @@ A function `geohash(lat, lon, precision)` gives the grid cell the charging-deman
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,18 @@ MANIFEST_FIELDS = ("topic", "partition", "first_offset", "last_offset", "frames_
                    "readings_dropped")
 EVENT_ATTRIBUTES = ("id", "type", "source", "subject", "time")
 _VIEW_NAME = re.compile(r"[^a-z0-9_]")
+DUCKDB_TYPES = {"string": "VARCHAR", "number": "DOUBLE", "integer": "BIGINT", "boolean": "BOOLEAN"}
+
+
+def declared_event_fields(functions_dir: Any) -> dict[str, dict[str, str]]:
+    """Event type -> field -> declared type, of the handlers in `functions_dir`."""
+    from pipeline.handlers.loader import load_functions
+
+    out: dict[str, dict[str, str]] = {}
+    for spec in load_functions(functions_dir):
+        for event_type in spec.emits:
+            out[event_type] = {f.name: f.type for f in spec.fields.get(event_type, ())}
+    return out
 
 
 class LakeError(Exception):
@@ -198,8 +210,13 @@ def _geohash_udf(lat: pa.Array, lon: pa.Array, precision: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def open_lake(settings: Settings, *, filesystem: Any = None) -> Lake:
-    """Register the bucket's readings, events and manifests as DuckDB views."""
+def open_lake(settings: Settings, *, filesystem: Any = None,
+              declared: Mapping[str, Mapping[str, str]] | None = None) -> Lake:
+    """Register the bucket's readings, events and manifests as DuckDB views.
+
+    `declared` (event type -> field -> declared type, see `declared_event_fields`) adds an
+    empty view for each event type that has no objects yet.
+    """
     import duckdb
 
     filesystem = filesystem or s3_filesystem(settings)
@@ -245,6 +262,19 @@ def open_lake(settings: Settings, *, filesystem: Any = None) -> Lake:
         lake.views[view] = f"events {event_type}, {len(files)} objects"
         attrs = [a if a in names else f"NULL AS {a}" for a in EVENT_ATTRIBUTES]
         attribute_selects.append(f"SELECT {', '.join(_quote(a) if a in names else a for a in attrs)} FROM {raw}")
+    for event_type, fields in sorted((declared or {}).items()):
+        view = view_name(event_type)
+        if view in lake.views:
+            continue
+        # no objects yet: an empty view with the declared columns, so questions still run
+        cols = [f"CAST(NULL AS {t}) AS {a}" for a, t in (("id", "VARCHAR"), ("type", "VARCHAR"),
+                ("source", "VARCHAR"), ("subject", "VARCHAR"), ("partitionkey", "VARCHAR"),
+                ("time", "TIMESTAMP"))]
+        cols += [f"CAST(NULL AS {DUCKDB_TYPES[t]}) AS {_quote(column_alias(name))}" for name, t in fields.items()
+                 if column_alias(name) not in EVENT_ATTRIBUTES]
+        cols += [f"CAST(NULL AS INTEGER) AS {p}" for p in ("year", "month", "date", "hour")]
+        con.execute(f"CREATE VIEW {view} AS SELECT {', '.join(cols)} WHERE false")
+        lake.views[view] = f"events {event_type}, none yet (declared by a handler)"
     if attribute_selects:
         con.execute("CREATE VIEW events AS " + " UNION ALL ".join(attribute_selects))
         lake.views["events"] = "attributes of every event type"

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SQL over the lake: clean readings, events per type and manifests, Hive partitions as columns."""
         from pipeline.config import get_settings
-        from pipeline.lake import EXAMPLES, LakeError, example, open_lake
+        from pipeline.lake import EXAMPLES, LakeError, declared_event_fields, example, open_lake
 
         if list_examples:
             for ex in EXAMPLES:
@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
                 sql = example(example_name).sql
             if not sql and not list_views:
                 raise LakeError('no SQL given: pipeline query "SELECT ..." (or --example NAME, --views)')
-            lake = open_lake(get_settings())
+            settings = get_settings()
+            lake = open_lake(settings, declared=declared_event_fields(settings.functions_dir))
             if list_views:
                 for name, what in sorted(lake.views.items()):
                     columns = lake.query(f"DESCRIBE {name}")

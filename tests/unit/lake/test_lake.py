@@ -142,3 +142,16 @@ def test_render_csv_and_json() -> None:
     table = pa.table({"reason": ["spike"], "n": pa.array([decimal.Decimal(6)], pa.decimal128(38, 0))})
     assert render(table, Format.csv).splitlines() == ['"reason","n"', '"spike",6']
     assert orjson.loads(render(table, Format.json)) == [{"reason": "spike", "n": 6}]
+
+
+def test_declared_event_types_without_objects_are_empty_views(lake_dir: Path) -> None:
+    from pipeline.config import REPO_ROOT
+    from pipeline.lake import declared_event_fields
+
+    declared = declared_event_fields(REPO_ROOT / "functions")
+    assert declared["fleet.charging.ended"]["location.lat"] == "number"
+    lake = open_lake(Settings(s3_bucket=str(lake_dir)), filesystem=fs.LocalFileSystem(), declared=declared)
+    assert "fleet_driving_idling" in lake.views  # no objects, declared by the idling handler
+    empty = lake.query("SELECT vin, duration_s, location_lat, year FROM fleet_driving_idling")
+    assert empty.num_rows == 0 and empty.column_names == ["vin", "duration_s", "location_lat", "year"]
+    assert lake.query("SELECT count(*) AS n FROM fleet_trip_ended").to_pylist() == [{"n": 4}]  # data wins
