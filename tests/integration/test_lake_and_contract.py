@@ -153,4 +153,4 @@ def test_query_answers_match_the_manifests_and_route_events_match_the_contract(s
         checked[topic] = checked.get(topic, 0) + 1
     routed = sum(n for m in found for n in m["routed"].values())
     assert sum(checked.values()) == routed, (checked, routed)
-    assert len(checked) >= 4 and sum(checked.values()) >= 10, checked
+    assert len(checked) >= 3 and sum(checked.values()) >= 8, checked  # 5-6 topics, 17-18 events seen
