@@ -49,7 +49,10 @@ function drawMap(state) {
   const points = [];
   state.vehicles.forEach((v) => points.push(merc(v.lat, v.lon)));
   state.zones.forEach((z) => (z.polygon.length ? z.polygon.forEach((p) => points.push(merc(p[0], p[1]))) : points.push(merc(z.lat, z.lon))));
-  (state.lake.cells || []).forEach((c) => points.push(merc(c.lat, c.lon)));
+  (state.lake.cells || []).forEach((c) => {  // both corners, so whole cells are in view
+    points.push(merc(c.lat + 0.02197, c.lon - 0.02197));
+    points.push(merc(c.lat - 0.02197, c.lon + 0.02197));
+  });
   if (!points.length) {
     svg.appendChild(svgEl("text", { x: 20, y: 40, class: "label-text" }, "no positions yet"));
     return;
