@@ -155,3 +155,13 @@ def test_declared_event_types_without_objects_are_empty_views(lake_dir: Path) ->
     empty = lake.query("SELECT vin, duration_s, location_lat, year FROM fleet_driving_idling")
     assert empty.num_rows == 0 and empty.column_names == ["vin", "duration_s", "location_lat", "year"]
     assert lake.query("SELECT count(*) AS n FROM fleet_trip_ended").to_pylist() == [{"n": 4}]  # data wins
+
+
+def test_the_readme_documents_exactly_the_examples() -> None:
+    import re
+
+    from pipeline.config import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    documented = set(re.findall(r"pipeline query --example ([a-z0-9-]+)", readme))
+    assert documented == {ex.name for ex in EXAMPLES}
