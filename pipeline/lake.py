@@ -237,7 +237,10 @@ def open_lake(settings: Settings, *, filesystem: Any = None,
     clean = _parquet_files(filesystem, f"{bucket}/clean")
     if clean:
         con.register("_readings", _dataset(filesystem, clean, f"{bucket}/clean"))
-        con.execute("CREATE VIEW readings AS SELECT * FROM _readings")
+        # Plain VARCHAR and TIMESTAMP instead of the files' dictionaries and millisecond
+        # timestamps: some DuckDB functions (epoch_ms) fail on TIMESTAMP_MS read from Arrow.
+        con.execute("CREATE VIEW readings AS SELECT * REPLACE (CAST(vin AS VARCHAR) AS vin, "
+                    "CAST(signal AS VARCHAR) AS signal, CAST(t AS TIMESTAMP) AS t) FROM _readings")
         lake.views["readings"] = f"clean readings, {len(clean)} objects"
 
     attribute_selects: list[str] = []
@@ -256,7 +259,8 @@ def open_lake(settings: Settings, *, filesystem: Any = None,
             if name.startswith("data.") and alias in taken:  # a data field named like an attribute
                 alias = "data_" + alias
             taken.add(alias)
-            columns.append(f"{_quote(name)} AS {_quote(alias)}")
+            expr = f"CAST({_quote(name)} AS TIMESTAMP)" if name == "time" else _quote(name)
+            columns.append(f"{expr} AS {_quote(alias)}")
         view = view_name(event_type)
         con.execute(f"CREATE VIEW {view} AS SELECT {', '.join(columns)} FROM {raw}")
         lake.views[view] = f"events {event_type}, {len(files)} objects"
@@ -314,10 +318,26 @@ EXAMPLES: tuple[Example, ...] = (
             "round(100 * coalesce(n, 0) / km, 2) AS per_100km "
             "FROM km LEFT JOIN braking USING (vin) WHERE km > 0 ORDER BY per_100km DESC, vin"),
     Example("charging-energy-per-cell-hour",
-            "Charging energy per grid cell (the peak-shaving cells) and hour the session ended.",
-            "SELECT geohash(location_lat, location_lon, 5) AS cell, date_trunc('hour', time) AS hour, "
-            "count(*) AS sessions, round(sum(energy_kwh), 3) AS kwh "
-            "FROM fleet_charging_ended GROUP BY ALL ORDER BY hour, cell"),
+            "Charging energy per grid cell (the peak-shaving cells) and hour: battery power while "
+            "charging, times the time to the next power reading (at most 5 minutes), at the "
+            "vehicle's last position.",
+            "WITH r AS MATERIALIZED ( "
+            "SELECT vin, signal, t, value FROM readings WHERE signal IN ('Vehicle.Powertrain.TractionBattery.CurrentPower', "
+            "'Vehicle.Powertrain.TractionBattery.Charging.IsCharging', 'Vehicle.CurrentLocation.Latitude', "
+            "'Vehicle.CurrentLocation.Longitude')), "
+            "power AS (SELECT vin, t, value AS watts, lead(t) OVER (PARTITION BY vin ORDER BY t) AS t_next "
+            "FROM r WHERE signal = 'Vehicle.Powertrain.TractionBattery.CurrentPower'), "
+            "charging AS (SELECT vin, t, value AS is_charging FROM r WHERE signal = 'Vehicle.Powertrain.TractionBattery.Charging.IsCharging'), "
+            "lat AS (SELECT vin, t, value AS lat FROM r WHERE signal = 'Vehicle.CurrentLocation.Latitude'), "
+            "lon AS (SELECT vin, t, value AS lon FROM r WHERE signal = 'Vehicle.CurrentLocation.Longitude') "
+            "SELECT geohash(lat, lon, 5) AS cell, date_trunc('hour', p.t) AS hour, count(DISTINCT p.vin) AS vehicles, "
+            "round(sum(p.watts * (epoch_ms(p.t_next) - epoch_ms(p.t))) / 3.6e9, 3) AS kwh "
+            "FROM power p "
+            "ASOF JOIN charging c ON p.vin = c.vin AND p.t >= c.t "
+            "ASOF JOIN lat ON p.vin = lat.vin AND p.t >= lat.t "
+            "ASOF JOIN lon ON p.vin = lon.vin AND p.t >= lon.t "
+            "WHERE c.is_charging >= 0.5 AND p.watts > 0 AND epoch_ms(p.t_next) - epoch_ms(p.t) <= 300000 "
+            "GROUP BY ALL ORDER BY hour, cell"),
     Example("dropped-readings-by-reason", "Readings the cleaning stage dropped, by reason.",
             "SELECT reason, sum(readings)::BIGINT AS readings FROM reading_outcomes "
             "WHERE outcome = 'dropped' GROUP BY reason ORDER BY readings DESC, reason"),
