@@ -25,6 +25,7 @@ A function `geohash(lat, lon, precision)` gives the grid cell the charging-deman
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,13 +65,16 @@ class Lake:
 
     connection: Any
     views: dict[str, str] = field(default_factory=dict)  # view name -> what it holds
+    # one statement at a time: a DuckDB connection is not for concurrent use (the page's threads)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def query(self, sql: str) -> pa.Table:
         """Run one SQL statement; a DuckDB error becomes a LakeError with its message."""
         import duckdb
 
         try:
-            return self.connection.sql(sql).to_arrow_table()
+            with self.lock:
+                return self.connection.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
             known = ", ".join(sorted(self.views)) or "none (the lake is empty)"
             raise LakeError(f"{exc}\nviews: {known}") from None
