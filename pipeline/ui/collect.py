@@ -56,14 +56,14 @@ OPERATOR_POLICY: Mapping[str, Any] = {"vin": "pseudonym", "location": "forbidden
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
 
 
-def parse_metrics(text: str) -> list[Sample]:
-    """The pipeline_* samples of an exposition (histogram buckets and `_created` left out)."""
+def parse_metrics(text: str, prefix: str = "pipeline_") -> list[Sample]:
+    """The samples of an exposition whose names start with `prefix` (buckets and `_created` left out)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: list[Sample] = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name.startswith("pipeline_") and not s.name.endswith(("_created", "_bucket")):
+            if s.name.startswith(prefix) and not s.name.endswith(("_created", "_bucket")):
                 out.append((s.name, tuple(sorted(s.labels.items())), float(s.value)))
     return out
 
@@ -197,6 +197,7 @@ def last_positions(value: bytes | None, headers: Sequence[tuple[str, bytes]]) ->
 @dataclass
 class UiOptions:
     metrics: list[str] = field(default_factory=list)  # URLs or dns:HOST:PORT
+    autoscaler: str | None = None  # metrics URL of a running `pipeline autoscale`
     local_workers: bool = True  # add the replicas `pipeline workers start` runs
     policy: ScalePolicy = field(default_factory=ScalePolicy)
     tail: int = 300  # records read back per partition at start
@@ -316,6 +317,25 @@ class Collector:
                          "totals": totals, "rates": rates})
         return rows
 
+    async def _running_autoscaler(self) -> dict[str, Any] | None:
+        """What a running `pipeline autoscale` last decided, from its metrics (None if not asked)."""
+        if not self.options.autoscaler:
+            return None
+        import httpx
+
+        url = resolve_targets([self.options.autoscaler])[0]
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                resp = await client.get(url)
+                resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            return {"url": url, "up": False, "error": str(exc)}
+        samples = parse_metrics(resp.text, prefix="autoscaler_")
+        return {"url": url, "up": True,
+                **{k: total(samples, f"autoscaler_{k}") for k in
+                   ("desired_replicas", "current_replicas", "recommended_replicas", "total_lag", "partitions")},
+                "decisions": by_label(samples, "autoscaler_decisions_total", "direction")}
+
     # --- Kafka tails ---------------------------------------------------------------------------
     async def _tail(self) -> None:
         from aiokafka import TopicPartition
@@ -415,7 +435,8 @@ class Collector:
     # --- one poll ----------------------------------------------------------------------------
     async def poll(self) -> dict[str, Any]:
         now = time.monotonic()
-        scraped, lag, _ = await asyncio.gather(self._scrape(), self._lag_reader.read(), self._tail())
+        scraped, lag, _, running = await asyncio.gather(self._scrape(), self._lag_reader.read(), self._tail(),
+                                                        self._running_autoscaler())
         if self._lake_task is None or (self._lake_task.done() and now - self._lake_at >= self.options.lake_every_s):
             self._lake_at = now
             self._lake_task = asyncio.create_task(self._refresh_lake())
@@ -443,7 +464,7 @@ class Collector:
             "autoscaler": {**decision.as_dict(), "policy": {
                 "min_replicas": self.options.policy.min_replicas, "max_replicas": self.options.policy.max_replicas,
                 "lag_threshold": self.options.policy.lag_threshold, "window_s": self.options.policy.window_s,
-                "cooldown_s": self.options.policy.cooldown_s}},
+                "cooldown_s": self.options.policy.cooldown_s}, "running": running},
             "readings": [{"outcome": k.split(".", 1)[0], "reason": k.split(".", 1)[1] if "." in k else "",
                           "readings": v} for k, v in sorted(outcomes.items())],
             "dead_letters": [{"stage": k.rsplit(":", 1)[0], "reason": k.rsplit(":", 1)[1], "count": v,

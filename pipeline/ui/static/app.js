@@ -149,7 +149,11 @@ function render(state) {
   $("autoscaler").innerHTML = `<p>Autoscaler: <span class="decision ${esc(a.direction)}">${esc(a.direction)}</span> ` +
     `to <b>${a.desired}</b> replica(s) (now ${a.current}, rule says ${a.recommended}): ${esc(a.reason)}.<br>` +
     `<span class="muted">inputs: lag ${fmt(a.total_lag)} over ${a.partitions} partitions; policy min ${a.policy.min_replicas}, ` +
-    `max ${a.policy.max_replicas}, ${fmt(a.policy.lag_threshold)} records per replica, window ${a.policy.window_s}s, cooldown ${a.policy.cooldown_s}s</span></p>`;
+    `max ${a.policy.max_replicas}, ${fmt(a.policy.lag_threshold)} records per replica, window ${a.policy.window_s}s, cooldown ${a.policy.cooldown_s}s</span></p>` +
+    (a.running ? (a.running.up
+      ? `<p>Running autoscaler: desired <b>${fmt(a.running.desired_replicas)}</b>, current ${fmt(a.running.current_replicas)}, ` +
+        `recommended ${fmt(a.running.recommended_replicas)}, lag ${fmt(a.running.total_lag)} over ${fmt(a.running.partitions)} partitions</p>`
+      : `<p class="error">Running autoscaler at ${esc(a.running.url)} not reachable: ${esc(a.running.error)}</p>`) : "");
   const maxLag = Math.max(1, ...state.lag.by_partition.map((p) => p.lag));
   table($("lag"), [{ label: "topic" }, { label: "partition", num: true }, { label: "committed", num: true }, { label: "end", num: true }, { label: "lag", num: true }, { label: "" }],
     state.lag.by_partition.map((p) => [esc(p.topic), p.partition, fmt(p.committed), fmt(p.end), fmt(p.lag),

@@ -80,3 +80,28 @@ def test_metrics_targets() -> None:
         "http://w1:9100/metrics", "http://w2:9100/metrics"]
     assert resolve_targets(["dns:localhost:9100"])[0].endswith(":9100/metrics")
     assert resolve_targets(["dns:no-such-host.invalid:9100"]) == []
+
+
+def test_a_running_autoscalers_decision_is_read_from_its_metrics() -> None:
+    import asyncio
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.autoscale import AutoscaleMetrics, Decision
+    from pipeline.config import Settings
+    from pipeline.ui.collect import Collector, UiOptions
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = AutoscaleMetrics(CollectorRegistry())
+    metrics.observe(Decision(0.0, 12_000, 6, 1, 3, 3, "up", "lag over threshold"))
+    metrics.serve(port, addr="127.0.0.1")
+    collector = Collector(Settings(), UiOptions(autoscaler=f"http://127.0.0.1:{port}/metrics"))
+    running = asyncio.run(collector._running_autoscaler())
+    assert running is not None and running["up"]
+    assert (running["desired_replicas"], running["current_replicas"], running["total_lag"]) == (3, 1, 12_000)
+    assert running["decisions"] == {"up": 1.0, "down": 0.0, "hold": 0.0}
+    gone = Collector(Settings(), UiOptions(autoscaler="http://127.0.0.1:1/metrics"))
+    assert asyncio.run(gone._running_autoscaler())["up"] is False  # type: ignore[index]
