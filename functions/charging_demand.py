@@ -31,7 +31,9 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     name="charging_demand",
     consumes=[IS_CHARGING, SOC],
     optional=[POWER, LAT, LON],
-    emits=["fleet.grid.charging_demand"],
+    emits={"fleet.grid.charging_demand": {
+        "cell": "string", "cell_lat": "number", "cell_lon": "number", "horizon_start": "integer",
+        "horizon_s": "integer", "expected_kw": "number", "sessions": "integer", "partition": "integer"}},
     state=True,
     defaults={"geohash_precision": 5, "battery_capacity_kwh": 6.1, "default_power_kw": 7.0,
               "target_soc_pct": 100.0, "horizon_s": 3600, "stale_s": 900, "min_interval_s": 300,

@@ -16,7 +16,8 @@ DTC_COUNT = "Vehicle.OBD.Status.DTCCount"
 @handler(
     name="dtc",
     consumes=[DTC_COUNT],
-    emits=["fleet.dtc.appeared", "fleet.dtc.cleared"],
+    emits={t: {"vin": "string", "dtc_count": "integer", "previous_count": "integer"}
+           for t in ("fleet.dtc.appeared", "fleet.dtc.cleared")},
     state=True,
 )
 def dtc(batch: HandlerInput, ctx: HandlerContext) -> None:

@@ -18,7 +18,8 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
 @handler(
     name="geofence",
     consumes=[LAT, LON],
-    emits=["fleet.geofence.entered", "fleet.geofence.exited"],
+    emits={t: {"vin": "string", "zone": "string", "location.lat": "number", "location.lon": "number"}
+           for t in ("fleet.geofence.entered", "fleet.geofence.exited")},
     state=True,
 )
 def geofence(batch: HandlerInput, ctx: HandlerContext) -> None:

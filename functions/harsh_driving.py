@@ -24,8 +24,9 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     name="harsh_driving",
     consumes=[LONGITUDINAL, LATERAL],
     optional=[SPEED, LAT, LON],
-    emits=["fleet.driving.harsh_braking", "fleet.driving.harsh_acceleration",
-           "fleet.driving.harsh_cornering"],
+    emits={f"fleet.driving.harsh_{kind}": {"vin": "string", "accel_ms2": "number", "duration_ms": "integer",
+                                          "speed_kmh": "number?", "location.lat": "number?", "location.lon": "number?"}
+           for kind in ("braking", "acceleration", "cornering")},
     state=True,
     defaults={"longitudinal_ms2": 4.4, "lateral_ms2": 5.5, "min_duration_ms": 100,
               "max_gap_ms": 300, "context_ms": 5000},

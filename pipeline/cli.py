@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "pipeline.commands.functions", # functions list | test
     "pipeline.commands.reconcile", # reconcile
     "pipeline.commands.scale",     # workers start|stop|status, autoscale
+    "pipeline.commands.query",     # query (SQL over the lake)
+    "pipeline.commands.contract",  # contract (AsyncAPI document)
+    "pipeline.commands.ui",        # ui (the operator's page)
 )
 
 

@@ -19,7 +19,7 @@ from pipeline.batch import EventBatch, RawRecord, Readings
 from pipeline.errors import HandlerError
 from pipeline.handlers import ops
 from pipeline.handlers.config import Zone
-from pipeline.handlers.registry import HandlerSpec
+from pipeline.handlers.registry import HandlerSpec, emitted_field_errors, handler_source
 from pipeline.handlers.state import StateView
 
 IntArray = npt.NDArray[np.int64]
@@ -558,7 +558,7 @@ class HandlerContext:
         self.logger = logging.getLogger(f"pipeline.handler.{spec.name}")
         self.metrics = HandlerMetrics()
         self._emitted: list[EventBatch] = []
-        self.source = f"/handlers/{spec.name}"
+        self.source = handler_source(spec.name)
 
     @property
     def state(self) -> StateView:
@@ -650,6 +650,10 @@ class HandlerContext:
             subj = np.broadcast_to(np.asarray(subject, dtype=object), (n,)).copy()
         else:
             raise HandlerError(f"handler {self.name}: emit needs vehicle= or subject=")
+        wrong = emitted_field_errors(self.spec, type, cols, masks)
+        if wrong:
+            raise HandlerError(f"handler {self.name} emitted {type} against its declaration: "
+                               + "; ".join(wrong))
         batch = EventBatch.build(type=type, source=self.source, vin=subj, time=t, origin=org,
                                  ids=np.full(n, "", dtype=object), data=cols, present=masks)
         self._emitted.append(batch)

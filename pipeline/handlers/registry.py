@@ -23,6 +23,27 @@ HANDLER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_RETRIES = 1
 
+#: Types a handler declares for the fields of the events it emits; `?` after one marks a
+#: field that may be absent (a float field is absent in a row where it is NaN).
+FIELD_TYPES = ("string", "number", "integer", "boolean")
+#: numpy dtype kinds each field type accepts.
+FIELD_KINDS = {"string": "OUS", "number": "fiu", "integer": "iu", "boolean": "b"}
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One declared field of an event's data: dotted name (nesting), type, required or not."""
+
+    name: str
+    type: str
+    required: bool
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> FieldSpec:
+        optional = text.endswith("?")
+        return cls(name, text.rstrip("?"), not optional)
+
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
@@ -41,6 +62,8 @@ class HandlerSpec:
     description: str = ""
     source_file: str = ""
     line: int = 0
+    #: event type -> its data fields, where the handler declared them (`emits` as a mapping)
+    fields: Mapping[str, tuple[FieldSpec, ...]] = field(default_factory=dict)
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -58,7 +81,7 @@ def handler(
     *,
     name: str,
     consumes: Sequence[str],
-    emits: Sequence[str],
+    emits: Sequence[str] | Mapping[str, Mapping[str, str]],
     state: bool = False,
     optional: Sequence[str] = (),
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
@@ -70,7 +93,17 @@ def handler(
     `consumes` lists VSS signal names (`Vehicle.*`) and/or event types emitted by other
     handlers; `optional` lists signals used only when present; `defaults` are config
     values that `functions/handlers.yaml` may override.
+
+    `emits` lists the event types, or maps each to its data fields and their types
+    (`{"fleet.x.y": {"vin": "string", "speed_kmh": "number", "location.lat": "number?"}}`,
+    types from FIELD_TYPES, `?` for a field that may be absent). Declared fields are
+    checked on every emit and are the source of the event's JSON Schema in the contract
+    (`pipeline contract`).
     """
+    declared: dict[str, tuple[FieldSpec, ...]] = {}
+    if isinstance(emits, Mapping):
+        for etype, fields in emits.items():
+            declared[etype] = tuple(FieldSpec.parse(k, v) for k, v in (fields or {}).items())
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         code = getattr(fn, "__code__", None)
@@ -90,12 +123,46 @@ def handler(
             description=(inspect.getdoc(fn) or "").split("\n", 1)[0],
             source_file=source_file,
             line=line,
+            fields=declared,
         )
         check_spec(spec)
         fn.__handler_spec__ = spec  # type: ignore[attr-defined]
         return fn
 
     return decorate
+
+
+def emitted_field_errors(spec: HandlerSpec, event_type: str, columns: Mapping[str, Any],
+                         present: Mapping[str, Any]) -> list[str]:
+    """How emitted data columns break the handler's declaration of `event_type` (none if undeclared).
+
+    A column must be declared and of a dtype its type accepts; a required field must be
+    there in every row (`present` holds the rows where an optional column has a value).
+    """
+    fields = spec.fields.get(event_type)
+    if fields is None:
+        return []
+    declared = {f.name: f for f in fields}
+    errors = []
+    for name, values in columns.items():
+        f = declared.get(name)
+        if f is None:
+            errors.append(f"{name!r} is not declared (declared: {', '.join(declared) or 'none'})")
+            continue
+        kind = getattr(values, "dtype", None)
+        if kind is not None and kind.kind not in FIELD_KINDS[f.type]:
+            errors.append(f"{name!r} is declared {f.type} but has dtype {values.dtype}")
+        mask = present.get(name)
+        if f.required and mask is not None and not bool(mask.all()):
+            errors.append(f"{name!r} is required but absent (NaN) in {int((~mask).sum())} row(s); "
+                          f"declare it {f.type}? if it may be absent")
+    errors.extend(f"required {f.name!r} not emitted" for f in fields if f.required and f.name not in columns)
+    return errors
+
+
+def handler_source(name: str) -> str:
+    """The CloudEvents `source` of the events a handler emits."""
+    return f"/handlers/{name}"
 
 
 def spec_of(fn: Any) -> HandlerSpec | None:
@@ -125,6 +192,18 @@ def check_spec(spec: HandlerSpec) -> None:
             fail(f"{ev!r} is not a valid event type (lower-case dotted, e.g. fleet.driving.x)", "emits")
         if ev.startswith("fleet.vehicle."):
             fail(f"{ev!r}: fleet.vehicle.* is reserved for the vehicles' own frames", "emits")
+    for ev, fields in spec.fields.items():
+        for f in fields:
+            if f.type not in FIELD_TYPES:
+                fail(f"{ev}: field {f.name!r} has type {f.type!r}, not one of {', '.join(FIELD_TYPES)} "
+                     f"(with ? if it may be absent)", "emits")
+            if not FIELD_NAME.match(f.name):
+                fail(f"{ev}: {f.name!r} is not a field name (letters, digits, _; dots nest)", "emits")
+        names = {f.name for f in fields}
+        for f in fields:  # `location` and `location.lat` cannot both be leaves
+            parent = f.name.rsplit(".", 1)[0] if "." in f.name else None
+            if parent in names:
+                fail(f"{ev}: {parent!r} is declared both as a field and as an object of {f.name!r}", "emits")
     if set(spec.events) & set(spec.emits):
         fail("a handler cannot consume an event type it emits", "consumes")
     if spec.timeout_ms <= 0:

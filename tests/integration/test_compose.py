@@ -18,7 +18,9 @@ def test_compose_file_is_valid_and_lists_the_services() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     services = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("service ")}
-    assert {"kafka", "minio", "minio-init", "worker", "replay", "autoscaler"} <= services
+    assert {"kafka", "minio", "minio-init", "worker", "replay", "autoscaler", "ui", "prometheus",
+            "grafana"} <= services
+    assert "service grafana image=grafana/grafana" in done.stdout and "profiles=monitoring" in done.stdout
 
 
 def test_compose_check_rejects_an_invalid_file(tmp_path: Path) -> None:

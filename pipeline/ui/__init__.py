@@ -1,0 +1,1 @@
+"""The operator's page (`pipeline ui`): live state of a deployment from its stable interfaces."""
