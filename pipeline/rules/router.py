@@ -17,6 +17,13 @@ import numpy as np
 from pipeline.batch import EventBatch, IntArray
 from pipeline.errors import ConfigError
 from pipeline.rules.columns import Columns
+from pipeline.rules.enforce import (
+    POLICY_VIOLATION,
+    PolicyGuard,
+    VinFinder,
+    restricts,
+    violating_rows,
+)
 from pipeline.rules.loader import CompiledRoute, RuleSet
 from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Target
 from pipeline.rules.transform import Context, Frame, deterministic_ids
@@ -38,7 +45,9 @@ class RouteResult:
     - `dead_letter_events`: those events as they entered the route, by route;
     - `counts`: output events per route (every route in the rules, zero included);
     - `parts`: split index of every row of `per_route`;
-    - `version`: digest of the rules used.
+    - `version`: digest of the rules used;
+    - `policy_violations`: events taken out of a route's output because a value broke the
+      route's data policy (they are in `dead_letters` with reason `policy_violation`).
     """
 
     per_route: dict[str, EventBatch] = field(default_factory=dict)
@@ -49,16 +58,21 @@ class RouteResult:
     counts: dict[str, int] = field(default_factory=dict)
     parts: dict[str, IntArray] = field(default_factory=dict)
     version: str = ""
+    policy_violations: dict[str, int] = field(default_factory=dict)
 
 
 class Router:
     """Compiled rules applied to event batches; `update` swaps the rules atomically."""
 
-    def __init__(self, ruleset: RuleSet, hmac_secret: bytes, *, assign_ids: bool = True) -> None:
+    def __init__(self, ruleset: RuleSet, hmac_secret: bytes, *, assign_ids: bool = True,
+                 enforce_policies: bool = True) -> None:
         if not hmac_secret:
             raise ConfigError("the HMAC key for pseudonyms is empty", field=DEFAULT_HMAC_KEY_ENV)
         self._hmac_secret = bytes(hmac_secret)
         self.assign_ids = assign_ids
+        # Value-level policy checks (`enforce.py`); off only to measure what they cost.
+        self.enforce_policies = enforce_policies
+        self._vin_finder = VinFinder()  # the fleet's VINs, learnt from the routed events
         self._pseudonyms: dict[tuple[str, int, str], dict[object, str]] = {}
         self._state = self._prepare(ruleset)
 
@@ -92,6 +106,7 @@ class Router:
             return result
         cols = Columns(events)
         ctx = Context(keys, self._pseudonyms)
+        guard = PolicyGuard(events, self._vin_finder) if self.enforce_policies else None
         matched = np.zeros(n, dtype=bool)
         for route in ruleset.routes:
             try:
@@ -103,20 +118,35 @@ class Router:
             matched |= mask
             rows = np.flatnonzero(mask)
             if rows.shape[0]:
-                self._emit(route, events, rows, cols, ctx, result)
+                self._emit(route, events, rows, cols, ctx, result, guard)
         unmatched = np.flatnonzero(~matched)
         result.unmatched = int(unmatched.shape[0])
         if ruleset.default is not None and result.unmatched:
-            self._emit(ruleset.default, events, unmatched, cols, ctx, result)
+            self._emit(ruleset.default, events, unmatched, cols, ctx, result, guard)
         return result
 
     def _emit(self, route: CompiledRoute, events: EventBatch, rows: IntArray, cols: Columns,
-              ctx: Context, result: RouteResult) -> None:
+              ctx: Context, result: RouteResult, guard: PolicyGuard | None = None) -> None:
         try:
             frame = route.transform.apply(Frame(events, rows, cols), ctx)
             out = frame.build()
+            index, part = frame.index, frame.part
+            policy = route.spec.policy
+            if guard is not None and policy is not None and restricts(policy) and len(out):
+                violations = guard.check(out, policy, index)
+                if violations:
+                    bad, first = violating_rows(violations, len(out))
+                    for bad_rows, message in first:
+                        log.warning("route %s: %d event(s) dropped from the output: %s", route.name,
+                                    int(bad_rows.sum()), message)
+                        result.dead_letters.extend((route.name, int(o), POLICY_VIOLATION, message)
+                                                   for o in out.origin[bad_rows].tolist())
+                    result.policy_violations[route.name] = int(bad.sum())
+                    frame.dead.append((index[bad], POLICY_VIOLATION, ""))  # events, not extra dead letters
+                    keep = ~bad
+                    out, index, part = out.take(keep), index[keep], part[keep]
             if self.assign_ids and len(out):
-                out.attrs["id"] = deterministic_ids(events.attrs["id"][frame.index], route.name, frame.part)
+                out.attrs["id"] = deterministic_ids(events.attrs["id"][index], route.name, part)
         except Exception as exc:  # errors are data: the route's events are dead-lettered
             log.exception("route %s: transform failed", route.name)
             self._fail(result, route, events, rows, TRANSFORM_ERROR, repr(exc))
@@ -124,6 +154,8 @@ class Router:
         dead_rows: list[IntArray] = []
         for source_rows, reason, error in frame.dead:
             dead_rows.append(source_rows)
+            if reason == POLICY_VIOLATION:
+                continue  # listed above, with the field of each event
             origin = events.origin[source_rows].tolist()
             result.dead_letters.extend((route.name, int(o), reason, error) for o in origin)
         if dead_rows:
@@ -131,7 +163,7 @@ class Router:
         if len(out):
             result.per_route[route.name] = out
             result.targets[route.name] = list(route.spec.to)
-            result.parts[route.name] = frame.part
+            result.parts[route.name] = part
         result.counts[route.name] = len(out)
 
     @staticmethod

@@ -9,7 +9,9 @@ in the same process, then prints both rates and their ratio.
 
 Two vectorised figures are printed: with deterministic event ids (what `Router.route`
 returns by default: one BLAKE2b per routed event) and without (`assign_ids=False`, ids
-left to the edge), because hashing is per event and dominates on a slow core.
+left to the edge), because hashing is per event and dominates on a slow core. A third
+runs without the value-level data-policy checks (`enforce_policies=False`), and the cost
+of those checks is printed as a share of routing with them, from the same run.
 """
 
 from __future__ import annotations
@@ -156,8 +158,9 @@ def build_rules(workdir: Path) -> RuleSet:
     return load_rules(routes, env={})
 
 
-def time_vectorised(ruleset: RuleSet, batches: list, assign_ids: bool, rounds: int) -> tuple[float, dict]:
-    router = Router(ruleset, b"benchmark-key", assign_ids=assign_ids)
+def time_vectorised(ruleset: RuleSet, batches: list, assign_ids: bool, rounds: int,
+                    enforce_policies: bool = True) -> tuple[float, dict]:
+    router = Router(ruleset, b"benchmark-key", assign_ids=assign_ids, enforce_policies=enforce_policies)
     router.route(batches[0])  # warm caches the way a running worker has them
     per_batch: list[float] = []
     last = None
@@ -190,6 +193,14 @@ def main() -> None:
     batches = [synthetic_events(args.batch, seed=seed) for seed in range(args.batches)]
     with_ids, with_ids_stats = time_vectorised(ruleset, batches, True, args.rounds)
     without_ids, without_ids_stats = time_vectorised(ruleset, batches, False, args.rounds)
+    # Alternate with and without the policy checks so a noisy neighbour hits both alike.
+    checked_ms: list[float] = []
+    unchecked_ms: list[float] = []
+    for _ in range(args.rounds):
+        checked_ms.append(time_vectorised(ruleset, batches, True, 1)[1]["batch_ms_median"])
+        unchecked_ms.append(time_vectorised(ruleset, batches, True, 1, enforce_policies=False)[1]["batch_ms_median"])
+    checked, unchecked = statistics.median(checked_ms), statistics.median(unchecked_ms)
+    policy_share = (checked - unchecked) / checked
 
     sample = events_from_batch(batches[0].take(slice(0, args.reference_events)))  # type: ignore[arg-type]
     gc.collect()
@@ -207,6 +218,9 @@ def main() -> None:
         "speedup_no_ids": round(without_ids / reference_rate, 1),
         "vectorised": {k: round(v, 2) for k, v in with_ids_stats.items()},
         "vectorised_no_ids": {k: round(v, 2) for k, v in without_ids_stats.items()},
+        "policy_check_ms_median": round(checked, 2),
+        "no_policy_check_ms_median": round(unchecked, 2),
+        "policy_check_share": round(policy_share, 3),
         "per_event_sample": len(sample),
         "per_event_routed": sum(len(v) for v in reference.per_route.values()),
     }
@@ -219,6 +233,8 @@ def main() -> None:
           f"(median {with_ids_stats['batch_ms_median']:.1f} ms per batch)")
     print(f"  vectorised, ids left to the edge   : {without_ids:>12,.0f} events/s  "
           f"(median {without_ids_stats['batch_ms_median']:.1f} ms per batch)")
+    print(f"  policy checks on values            : median {checked:.1f} ms per batch with, {unchecked:.1f} ms without "
+          f"(with ids): {policy_share:.1%} of routing")
     print(f"  per-event interpreter (same rules) : {reference_rate:>12,.0f} events/s  ({len(sample):,} events)")
     print(f"  speedup: {result['speedup']}x with ids, {result['speedup_no_ids']}x without")
 
