@@ -34,7 +34,7 @@ from pipeline.batch import BoolArray, EventBatch, IntArray
 from pipeline.rules.columns import DATA_PREFIX, under
 from pipeline.rules.policy import LAT_LON_NAMES
 from pipeline.rules.schema import CoarsenSpec, DataPolicy
-from pipeline.rules.transform import METRES_PER_DEGREE, coarsen_coordinates
+from pipeline.rules.transform import METRES_PER_DEGREE
 
 POLICY_VIOLATION = "policy_violation"
 
@@ -174,7 +174,10 @@ def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: set[str] | Non
             items = [_text(v) for v in items]
             uniques = dict.fromkeys(items)
         uniques.pop(None, None)
-        joined = _SEPARATOR.join(t for t in map(_text, uniques) if t is not None)
+        try:
+            joined = _SEPARATOR.join(uniques)  # texts where present, None where absent
+        except TypeError:
+            joined = _SEPARATOR.join(t for t in map(_text, uniques) if t is not None)
     if clean is not None and joined in clean:
         return None
     if not finder.has_vin(joined):
@@ -222,6 +225,7 @@ class PolicyGuard:
     def finder(self, vin_fields: Iterable[str], rows: IntArray) -> VinFinder:
         """The finder, having learnt the VINs of the source events at `rows` (a route's
         output only derives from those)."""
+        learnt: set[int] = set()
         for path in vin_fields:
             if path.startswith(DATA_PREFIX):
                 key = path[len(DATA_PREFIX):]
@@ -236,6 +240,9 @@ class PolicyGuard:
                 column = self.source.attrs.get(path)
                 if column is None or column.dtype != object:
                     continue
+                if id(column) in learnt:  # handlers share one VIN column for subject and partitionkey
+                    continue
+                learnt.add(id(column))
                 values = column[rows]
             self.vin_finder.learn(values.tolist())
         return self.vin_finder
@@ -284,9 +291,7 @@ class PolicyGuard:
             lon_num = np.array([_as_float(v) for v in lon_raw.tolist()])
         else:
             lat_num, lon_num = lat_raw.astype(np.float64, copy=False), lon_raw.astype(np.float64, copy=False)
-        with np.errstate(invalid="ignore"):  # NaN is not on any grid: it fails below
-            lat2, lon2 = coarsen_coordinates(lat_num, lon_num, spec)
-        on_grid = (np.abs(lat2 - lat_num) <= 1e-6) & (np.abs(lon2 - lon_num) <= 1e-6)
+        on_grid = on_coarsen_grid(lat_num, lon_num, float(spec.precision_m or 0.0))
         # `coarsen: {decimals: d}` is accepted at load time when 10^-d degrees is at least the
         # precision, so coordinates rounded that coarsely pass here too.
         decimals = int(np.floor(np.log10(METRES_PER_DEGREE / float(spec.precision_m or 1.0))))
@@ -295,6 +300,34 @@ class PolicyGuard:
                         & (np.abs(np.round(lon_num, decimals) - lon_num) <= 1e-9))
         off: BoolArray = present & ~on_grid
         return off
+
+
+def on_coarsen_grid(lat: np.ndarray, lon: np.ndarray, precision_m: float) -> BoolArray:
+    """Rows whose coordinates `coarsen` at `precision_m` would leave where they are.
+
+    The same grid as `transform.coarsen_coordinates` (latitude steps of `precision_m`,
+    longitude steps widened by 1/cos(latitude)), tested without building the snapped
+    copies; 1e-6 degrees of slack covers the 6 decimals coarsened values are rounded to.
+    """
+    step = precision_m / METRES_PER_DEGREE
+    with np.errstate(invalid="ignore"):  # NaN is on no grid: it fails the comparisons
+        k_lat = np.rint(lat / step)
+        snapped_lat = np.clip(k_lat * step, -90.0, 90.0)
+        step_lon = step / np.maximum(np.cos(np.radians(snapped_lat)), 0.01)
+        lon_ok = _on_steps(lon, step_lon)
+        if not lon_ok.all():
+            # Longitudes are wrapped to [-180, 180): a grid line past the antimeridian is one too.
+            rest = np.flatnonzero(~lon_ok)
+            wrapped = lon[rest] - np.copysign(360.0, lon[rest])
+            lon_ok[rest] = _on_steps(wrapped, step_lon[rest])
+        ok: BoolArray = (np.abs(lat - snapped_lat) <= 1e-6) & lon_ok
+    return ok
+
+
+def _on_steps(values: np.ndarray, step: np.ndarray) -> BoolArray:
+    k = values / step
+    on: BoolArray = np.abs(k - np.rint(k)) * step <= 1e-6
+    return on
 
 
 def _as_float(value: object) -> float:

@@ -18,11 +18,13 @@ from pipeline.rules.enforce import (
     PolicyGuard,
     VinFinder,
     column_vin_rows,
+    on_coarsen_grid,
     vin_shaped,
 )
 from pipeline.rules.loader import RuleSet
 from pipeline.rules.router import Router, RouteResult
-from pipeline.rules.schema import DataPolicy
+from pipeline.rules.schema import CoarsenSpec, DataPolicy
+from pipeline.rules.transform import coarsen_coordinates
 
 from .conftest import VIN, event
 
@@ -224,3 +226,17 @@ def test_routes_without_a_restricting_policy_are_not_checked(rules_from: Callabl
     """)
     result = route_batch(rules, [event("fleet.trip.ended", trip_id=f"{VIN}-1")])
     assert result.counts["ops"] == 1 and not result.dead_letters
+
+
+@pytest.mark.parametrize("precision_m", [100.0, 1000.0, 2500.0, 5000.0])
+def test_the_grid_test_agrees_with_coarsen(precision_m: float) -> None:
+    rng = np.random.default_rng(7)
+    lat, lon = rng.uniform(-80, 80, 5000), rng.uniform(-180, 180, 5000)
+    spec = CoarsenSpec(lat="lat", lon="lon", precision_m=precision_m)
+    lat2, lon2 = coarsen_coordinates(lat, lon, spec)
+    assert on_coarsen_grid(lat2, lon2, precision_m).all()
+    assert not on_coarsen_grid(lat, lon, precision_m).any()
+    # a coarser grid of the same family is on the finer one; NaN is on none
+    lat5, lon5 = coarsen_coordinates(lat, lon, CoarsenSpec(lat="lat", lon="lon", precision_m=precision_m * 5))
+    assert on_coarsen_grid(lat5, lon5, precision_m).all()
+    assert not on_coarsen_grid(np.array([np.nan]), np.array([1.0]), precision_m).any()
