@@ -26,6 +26,7 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     consumes=[IS_CHARGING, SOC],
     optional=[POWER, LAT, LON],
     emits=["fleet.charging.started", "fleet.charging.ended"],
+    identity=["session_id"],  # `<VIN>-<start ms>`
     state=True,
     defaults={"battery_capacity_kwh": 6.1, "max_gap_ms": 900_000, "dc_threshold_kw": 22.0,
               "soc_ms": 120_000, "location_ms": 300_000},

@@ -65,6 +65,7 @@ END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
     consumes=[SPEED, *HARSH, SPEEDING, IDLING],
     optional=[ODOMETER, SOC, FUEL, LAT, LON],
     emits=["fleet.trip.started", "fleet.trip.ended", "fleet.behaviour.features"],
+    identity=["trip_id"],  # `<VIN>-<start ms>`
     state=True,
     defaults={"move_kmh": 5.0, "stop_s": 300, "battery_capacity_kwh": 6.1, "fuel_tank_l": 50.0,
               "context_ms": 60_000, "min_distance_km_for_rates": 0.5, "gps_checkpoints": 48,

@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError
 SIGNAL_PREFIX = "Vehicle."
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
 HANDLER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+IDENTITY_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_RETRIES = 1
@@ -41,6 +42,9 @@ class HandlerSpec:
     description: str = ""
     source_file: str = ""
     line: int = 0
+    # Data fields of the emitted events that carry a vehicle identity (built from the VIN,
+    # like a trip id `<VIN>-<start>`): routes with a VIN policy must not emit them raw.
+    identity: tuple[str, ...] = ()
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -64,12 +68,15 @@ def handler(
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     retries: int = DEFAULT_RETRIES,
     defaults: Mapping[str, Any] | None = None,
+    identity: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn(batch: HandlerInput, ctx: HandlerContext) -> EventBatch | None` as a handler.
 
     `consumes` lists VSS signal names (`Vehicle.*`) and/or event types emitted by other
     handlers; `optional` lists signals used only when present; `defaults` are config
-    values that `functions/handlers.yaml` may override.
+    values that `functions/handlers.yaml` may override; `identity` names the data fields
+    of the emitted events that carry a vehicle identity (`pipeline rules check` warns when
+    a route with a VIN policy lets them out unhashed).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,6 +97,7 @@ def handler(
             description=(inspect.getdoc(fn) or "").split("\n", 1)[0],
             source_file=source_file,
             line=line,
+            identity=tuple(f.removeprefix("data.") for f in identity),
         )
         check_spec(spec)
         fn.__handler_spec__ = spec  # type: ignore[attr-defined]
@@ -127,6 +135,9 @@ def check_spec(spec: HandlerSpec) -> None:
             fail(f"{ev!r}: fleet.vehicle.* is reserved for the vehicles' own frames", "emits")
     if set(spec.events) & set(spec.emits):
         fail("a handler cannot consume an event type it emits", "consumes")
+    for name in spec.identity:
+        if not IDENTITY_FIELD.match(name):
+            fail(f"{name!r} is not a data field name (e.g. trip_id or session.id)", "identity")
     if spec.timeout_ms <= 0:
         fail("timeout_ms must be positive", "timeout_ms")
     if spec.retries < 0:

@@ -52,10 +52,22 @@ class CompiledRoute:
     transform: Transform
     file: str
     line: int
+    # Line of every key and list item of the route, by its place inside the route.
+    lines: Mapping[Loc, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def line_of(self, *loc: str | int) -> int:
+        """Line of a place inside the route (`"match", "type"`), or of the nearest enclosing one."""
+        parts = list(loc)
+        while parts:
+            found = self.lines.get(tuple(parts))
+            if found is not None:
+                return found
+            parts.pop()
+        return self.line
 
 
 @dataclass(frozen=True)
@@ -263,7 +275,8 @@ class _Checker:
         self.seen[spec.name] = f"{doc.file}:{doc.line((*base, 'name'))}"
         if len(self.errors) > before:
             return
-        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(base) or 0)
+        lines = {loc[len(base):]: line for loc, line in doc.lines.items() if loc[:len(base)] == base}
+        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(base) or 0, lines)
         if spec.enabled:
             self.routes.append(compiled)
         else:
