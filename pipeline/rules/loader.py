@@ -20,7 +20,13 @@ from pydantic import ValidationError
 from pipeline.errors import ConfigError, yaml_config_error
 from pipeline.rules.patterns import MATCH_ALL, Loc, Node, PatternGroupError, compile_pattern
 from pipeline.rules.policy import check_policy
-from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Route, TopicTarget, WebhookTarget
+from pipeline.rules.schema import (
+    DEFAULT_HMAC_KEY_ENV,
+    PATTERN_WORDS,
+    Route,
+    TopicTarget,
+    WebhookTarget,
+)
 from pipeline.rules.transform import Transform, TransformGroupError, compile_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -242,6 +248,8 @@ class _Checker:
                     message = "required field is missing"
                 elif err["type"] == "too_short" and "input" in err and err["input"] == []:
                     message = "empty list (give at least one item, or leave the field out)"
+                elif err["type"] == "string_pattern_mismatch":
+                    message = _pattern_message(err.get("input"), str((err.get("ctx") or {}).get("pattern", "")))
                 self.error(doc, (*base, *loc), message, label, _field_label(_dedupe_tags(loc)) or None)
         predicate: Node = MATCH_ALL
         if isinstance(raw.get("match"), Mapping):
@@ -306,6 +314,13 @@ class _Checker:
 
     def _is_dead_letter_topic(self, topic: str) -> bool:
         return topic == self.dlq_topic or topic.endswith(".dlq")
+
+
+def _pattern_message(value: Any, pattern: str) -> str:
+    words = PATTERN_WORDS.get(pattern, "it does not have the expected form")
+    if value == "":
+        return f"is empty: {words}"
+    return f"{value!r} is not valid: {words}"
 
 
 def _dedupe_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:

@@ -82,6 +82,15 @@ class Router:
         missing = sorted(env for env in ruleset.key_envs() if not keys.get(env))
         if missing:
             raise ConfigError(f"HMAC key environment variable(s) not set: {', '.join(missing)}", field="key_env")
+        # A webhook that cannot sign would dead-letter every event at delivery: refuse the
+        # rules version instead (a reload keeps the last good one).
+        for route in ruleset.all_routes():
+            for j, target in enumerate(route.spec.to):
+                secret_env = getattr(target, "secret_env", None)
+                if secret_env and not keys.get(secret_env):
+                    raise ConfigError(f"webhook secret environment variable {secret_env} is not set",
+                                      file=route.file, line=route.line_of("to", j, "secret_env"),
+                                      rule=route.name, field=f"to[{j}].secret_env")
         return ruleset, keys
 
     @property

@@ -71,7 +71,7 @@ def test_all_errors_of_all_files_are_reported(write_rules: Callable[..., Path]) 
     ("    to: [{kafka: route.x}]\n", 3, "to[0]", "exactly one of `topic`, `webhook` or `object`"),
     ("    to: [{topic: route.x, object: a/}]\n", 3, "to[0]", "exactly one of"),
     ("    to: [{webhook: ftp://x}]\n", 3, "to[0].webhook", "not an http(s) URL"),
-    ("    to: [{object: /abs}]\n", 3, "to[0].object", "should match pattern"),
+    ("    to: [{object: /abs}]\n", 3, "to[0].object", "'/abs' is not valid: an object prefix is letters, digits"),
     ("    to: [{topic: route.x}, {topic: route.x}]\n", 3, "to", "listed twice"),
     ("    to: [{topic: route.x}]\n    dead_letter: {topic: route.x}\n", 4, "dead_letter", "also a delivery target"),
     ("    to: [{topic: route.x}]\n    dead_letter: {webhook: 'http://h/'}\n", 4, "dead_letter", "durable"),
