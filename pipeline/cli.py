@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "pipeline.commands.functions", # functions list | test
     "pipeline.commands.reconcile", # reconcile
     "pipeline.commands.scale",     # workers start|stop|status, autoscale
+    "pipeline.commands.dlq",       # dlq replay --route
 )
 
 

@@ -24,6 +24,7 @@ from pipeline.rules.enforce import (
     restricts,
     violating_rows,
 )
+from pipeline.rules.failures import NO_TARGET, failure_events, redact
 from pipeline.rules.loader import CompiledRoute, RuleSet
 from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Target
 from pipeline.rules.transform import Context, Frame, deterministic_ids
@@ -47,7 +48,9 @@ class RouteResult:
     - `parts`: split index of every row of `per_route`;
     - `version`: digest of the rules used;
     - `policy_violations`: events taken out of a route's output because a value broke the
-      route's data policy (they are in `dead_letters` with reason `policy_violation`).
+      route's data policy (they are in `dead_letters` with reason `policy_violation`);
+    - `failed`: those events as routed CloudEvents for the route's dead-letter target, the
+      offending fields redacted, marked with the `dlq*` attributes of `failures.py`.
     """
 
     per_route: dict[str, EventBatch] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class RouteResult:
     parts: dict[str, IntArray] = field(default_factory=dict)
     version: str = ""
     policy_violations: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, EventBatch] = field(default_factory=dict)
 
 
 class Router:
@@ -141,21 +145,29 @@ class Router:
             out = frame.build()
             index, part = frame.index, frame.part
             policy = route.spec.policy
+            if self.assign_ids and len(out):
+                out.attrs["id"] = deterministic_ids(events.attrs["id"][index], route.name, part)
             if guard is not None and policy is not None and restricts(policy) and len(out):
                 violations = guard.check(out, policy, index)
                 if violations:
                     bad, first = violating_rows(violations, len(out))
+                    errors = np.empty(len(out), dtype=object)
                     for bad_rows, message in first:
                         log.warning("route %s: %d event(s) dropped from the output: %s", route.name,
                                     int(bad_rows.sum()), message)
                         result.dead_letters.extend((route.name, int(o), POLICY_VIOLATION, message)
                                                    for o in out.origin[bad_rows].tolist())
+                        errors[bad_rows] = message
                     result.policy_violations[route.name] = int(bad.sum())
+                    failed = out.take(bad)
+                    for violation in violations:  # every offending field, not only the first
+                        redact(failed, violation.rows[bad], violation.field)
+                    result.failed[route.name] = failure_events(
+                        failed, np.arange(len(failed)), route=route.name, target=NO_TARGET,
+                        reason=POLICY_VIOLATION, error=errors[bad].tolist())
                     frame.dead.append((index[bad], POLICY_VIOLATION, ""))  # events, not extra dead letters
                     keep = ~bad
                     out, index, part = out.take(keep), index[keep], part[keep]
-            if self.assign_ids and len(out):
-                out.attrs["id"] = deterministic_ids(events.attrs["id"][index], route.name, part)
         except Exception as exc:  # errors are data: the route's events are dead-lettered
             log.exception("route %s: transform failed", route.name)
             self._fail(result, route, events, rows, TRANSFORM_ERROR, repr(exc))

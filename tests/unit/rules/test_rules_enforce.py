@@ -240,3 +240,26 @@ def test_the_grid_test_agrees_with_coarsen(precision_m: float) -> None:
     lat5, lon5 = coarsen_coordinates(lat, lon, CoarsenSpec(lat="lat", lon="lon", precision_m=precision_m * 5))
     assert on_coarsen_grid(lat5, lon5, precision_m).all()
     assert not on_coarsen_grid(np.array([np.nan]), np.array([1.0]), precision_m).any()
+
+
+def test_a_violating_event_is_kept_as_a_redacted_routed_cloudevent(rules_from: Callable[[str], RuleSet]) -> None:
+    from pipeline.batch import RawRecord
+    from pipeline.events import encode_event, read_event
+    from pipeline.rules.failures import REDACTED, as_routed, is_failure_of
+
+    rules = rules_from(FINANCE)
+    leaky = {**event("fleet.trip.ended", trip_id=f"{VIN}-1617012938000", energy_kwh=1.5), "id": "e1"}
+    result = route_batch(rules, [leaky])
+    failed = result.failed["dept.finance"]
+    [(attrs, data)] = failed.rows()
+    assert data["trip_id"] == REDACTED and data["energy_kwh"] == 1.5 and VIN not in str((attrs, data))
+    assert (attrs["dlqroute"], attrs["dlqtarget"], attrs["dlqreason"], attrs["dlqattempts"]) == \
+        ("dept.finance", "-", POLICY_VIOLATION, 0)
+    assert "data.trip_id" in attrs["dlqerror"]
+    # the id it would have had on the route, so a replay is recognised as the same event
+    clean = route_batch(rules, [{**leaky, "data": {**leaky["data"], "trip_id": "trip-1"}}])
+    assert attrs["id"] == clean.per_route["dept.finance"].attrs["id"][0]
+    # a valid CloudEvent: the failure attributes are extensions any consumer can read
+    rec = encode_event(attrs, data)
+    got, _ = read_event(RawRecord("route.dept.finance.dlq", 0, 0, rec.key, rec.value, tuple(rec.headers)))
+    assert is_failure_of(got, "dept.finance") and "dlqroute" not in as_routed(got)
