@@ -30,7 +30,7 @@ class ReplayReport:
 async def replay_route(settings: Any, route_name: str, rules_dir: Path, *, reason: str | None = None,
                        dry_run: bool = False) -> ReplayReport:
     """Read the route's dead-letter topic up to its current end and re-deliver the route's events."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaProducer
 
     from pipeline.batch import RawRecord
     from pipeline.errors import DecodeError
@@ -38,6 +38,7 @@ async def replay_route(settings: Any, route_name: str, rules_dir: Path, *, reaso
     from pipeline.rules.failures import REASON, as_routed, is_failure_of
     from pipeline.rules.loader import load_rules
     from pipeline.rules.schema import TopicTarget
+    from pipeline.topics import read_to_end
 
     ruleset = load_rules(rules_dir, env={})
     try:
@@ -51,72 +52,38 @@ async def replay_route(settings: Any, route_name: str, rules_dir: Path, *, reaso
     topics = [t.topic for t in route.spec.to if isinstance(t, TopicTarget)]
     report = ReplayReport(skipped_targets=[t.describe() for t in route.spec.to if not isinstance(t, TopicTarget)])
 
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
     producer = None if dry_run else AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all",
                                                      enable_idempotence=True)
-    await consumer.start()
     if producer is not None:
         await producer.start()
     try:
-        partitions = [TopicPartition(source_topic, p) for p in await _partitions(settings, source_topic)]
-        if not partitions:
-            return report
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > 0}
         sends = []
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset >= ends[tp]:
-                        continue
-                    report.read += 1
-                    record = RawRecord(tp.topic, tp.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
-                    try:
-                        attributes, data = read_event(record)
-                    except DecodeError:
-                        report.other += 1  # a dead-lettered frame, not a routed event
-                        continue
-                    if not is_failure_of(attributes, route_name) or (reason and attributes.get(REASON) != reason):
-                        report.other += 1
-                        continue
-                    encoded = encode_event(as_routed(attributes), data if isinstance(data, dict) else {})
-                    report.replayed += 1
-                    for topic in topics:
-                        report.sent[topic] = report.sent.get(topic, 0) + 1
-                        if producer is not None:
-                            sends.append(await producer.send(topic, encoded.value, key=encoded.key,
-                                                             headers=list(encoded.headers),
-                                                             timestamp_ms=encoded.timestamp_ms))
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for messages in read_to_end(settings, source_topic):
+            for m in messages:
+                report.read += 1
+                record = RawRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                try:
+                    attributes, data = read_event(record)
+                except DecodeError:
+                    report.other += 1  # not a CloudEvent: nothing a route emitted
+                    continue
+                if not is_failure_of(attributes, route_name) or (reason and attributes.get(REASON) != reason):
+                    report.other += 1  # a dead-lettered frame, another route's event, another reason
+                    continue
+                encoded = encode_event(as_routed(attributes), data if isinstance(data, dict) else {})
+                report.replayed += 1
+                for topic in topics:
+                    report.sent[topic] = report.sent.get(topic, 0) + 1
+                    if producer is not None:
+                        sends.append(await producer.send(topic, encoded.value, key=encoded.key,
+                                                         headers=list(encoded.headers),
+                                                         timestamp_ms=encoded.timestamp_ms))
         if sends:
             await asyncio.gather(*sends)
     finally:
-        await consumer.stop()
         if producer is not None:
             await producer.stop()
     return report
-
-
-async def _partitions(settings: Any, topic: str) -> list[int]:
-    """Partition numbers of a topic ([] if it does not exist)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found: list[int] = []
-    for entry in described:
-        if entry.get("topic") == topic and not entry.get("error_code"):
-            found.extend(int(p["partition"]) for p in entry.get("partitions", []))
-    return sorted(found)
 
 
 def register(app: typer.Typer) -> None:
