@@ -101,6 +101,16 @@ class RuleSet:
         """Environment variables holding HMAC keys the transforms need."""
         return {env for r in self.all_routes() for env in r.transform.key_envs()}
 
+    def topics(self) -> list[str]:
+        """Every topic the routes deliver or dead-letter to."""
+        names = {t.topic for r in self.all_routes() for t in [*r.spec.to, r.spec.dead_letter]
+                 if isinstance(t, TopicTarget)}
+        return sorted(names)
+
+    def topics_added(self, new: RuleSet) -> list[str]:
+        """Topics `new` delivers or dead-letters to that these rules did not (to create on reload)."""
+        return sorted(set(new.topics()) - set(self.topics()))
+
 
 # --------------------------------------------------------------------------------------------
 # YAML with line numbers

@@ -139,3 +139,16 @@ def test_a_webhook_secret_that_is_not_set_rejects_the_version(tmp_path: Path) ->
     with_secret = load_rules(routes, env={"CRM_HOOK_SECRET": "s3cret"})
     router.update(with_secret)
     assert router.ruleset is with_secret
+
+
+def test_topics_added_by_a_new_version(tmp_path: Path) -> None:
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "alerts.yaml").write_text(V1)
+    old = load_rules(routes, env={})
+    (routes / "more.yaml").write_text("routes:\n  - name: more\n    to: [{topic: route.more}, {object: more/}]\n"
+                                      "    dead_letter: {topic: route.more.dlq}\n")
+    new = load_rules(routes, env={})
+    assert old.topics() == ["pipeline.dlq", "route.alerts"]
+    assert old.topics_added(new) == ["route.more", "route.more.dlq"]
+    assert new.topics_added(old) == []
