@@ -106,7 +106,11 @@ class VinFinder:
         self.learn(vins)
 
     def learn(self, vins: Iterable[str]) -> None:
-        """Add the values of VIN fields; values seen before cost one set difference."""
+        """Add the values of VIN fields; values seen before cost one pass of lookups."""
+        if not isinstance(vins, list | tuple | set | frozenset):
+            vins = list(vins)
+        if self._seen.issuperset(vins):  # the usual case: a fleet's VINs recur batch after batch
+            return
         values = set(vins) - self._seen
         values.discard("")
         if not values:
@@ -155,14 +159,20 @@ def _text(value: object) -> str | None:
     return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: set[str] | None = None) -> BoolArray | None:
+def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: list[np.ndarray] | None = None) -> BoolArray | None:
     """Rows of a column holding a raw VIN, or None if none does (the usual case, and cheap).
 
-    `clean` remembers the joined text of columns already found clean (a pseudonym is often
-    in `subject`, `partitionkey` and a data field alike), so those are not scanned again.
+    `clean` holds columns already found clean: a pseudonym is often in `subject`,
+    `partitionkey` and a data field alike, and an equal column is not scanned again.
     """
     if values.dtype != object or not values.shape[0]:
         return None
+    if clean is not None:
+        first, last = values[0], values[-1]
+        for other in clean:  # the ends first: columns that differ almost always differ there
+            if (other.shape == values.shape and other[0] == first and other[-1] == last
+                    and bool((other == values).all())):
+                return None
     items = values.tolist()
     try:
         # Joining every value is cheaper than finding the unique ones first, for short texts.
@@ -178,11 +188,9 @@ def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: set[str] | Non
             joined = _SEPARATOR.join(uniques)  # texts where present, None where absent
         except TypeError:
             joined = _SEPARATOR.join(t for t in map(_text, uniques) if t is not None)
-    if clean is not None and joined in clean:
-        return None
     if not finder.has_vin(joined):
         if clean is not None:
-            clean.add(joined)
+            clean.append(values)
         return None
     texts = [t for t in (_text(u) for u in dict.fromkeys(items)) if t is not None]
     bad = finder.texts_with_vin(texts)
@@ -220,7 +228,7 @@ class PolicyGuard:
     def __init__(self, source: EventBatch, finder: VinFinder) -> None:
         self.source = source
         self.vin_finder = finder
-        self._clean: set[str] = set()  # joined texts of columns found clean in this batch
+        self._clean: list[np.ndarray] = []  # columns found clean in this batch
 
     def finder(self, vin_fields: Iterable[str], rows: IntArray) -> VinFinder:
         """The finder, having learnt the VINs of the source events at `rows` (a route's
