@@ -224,6 +224,13 @@ def test_route_topics_obey_the_routes_data_policies(stack: Stack) -> None:
         assert h["dlq_reason"] == b"policy_violation" and "'data.note'" in error and "redacted" in error
         assert not any(v in error for v in vins) and not VIN_SHAPE.search(error)
     assert worker.metric("pipeline_dead_letters_total", stage="route:dept.leak", reason="policy_violation") == len(leaks)
+    # ... and in the segment manifests' dead-letter counts.
+    from pipeline.reconcile import load_manifests
+
+    client = s.minio_client()
+    counted = sum(m["dead_letters"].get("route:dept.leak:policy_violation", 0)
+                  for topic in s.ingest_topics for ms in load_manifests(client, s.s3_bucket, topic).values() for m in ms)
+    assert counted == len(leaks)
     # The shipped routes pass their own policies: no violation but the edited route's.
     violations = {h["dlq_stage"] for h, _, _ in messages[s.topic_dlq] if h.get("dlq_reason") == b"policy_violation"}
     assert violations == {b"route:dept.leak"}
