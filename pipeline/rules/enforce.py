@@ -102,33 +102,31 @@ class VinFinder:
         self.vins: set[str] = set()
         self.odd: tuple[str, ...] = ()
         self._odd: re.Pattern[str] | None = None
-        self._seen: set[str] = set()
+        self._seen: set[object] = set()  # every value looked at, None and numbers included
+        self.generation = 0  # grows whenever a VIN is learnt: verdicts from before may be stale
         self.learn(vins)
 
-    def learn(self, vins: Iterable[str]) -> None:
+    def learn(self, vins: Iterable[object]) -> None:
         """Add the values of VIN fields; values seen before cost one pass of lookups."""
         if not isinstance(vins, list | tuple | set | frozenset):
             vins = list(vins)
         if self._seen.issuperset(vins):  # the usual case: a fleet's VINs recur batch after batch
             return
-        values = set(vins) - self._seen
-        values.discard("")
-        if not values:
-            return
-        if len(self._seen) + len(values) > MAX_KNOWN_VALUES:  # a bound, not a cache policy
+        if len(self._seen) + len(vins) > MAX_KNOWN_VALUES:  # a bound, not a cache policy
             self.vins, self.odd, self._odd, self._seen = set(), (), None, set()
-        try:
-            joined = _SEPARATOR.join(values)
-        except TypeError:  # an absent optional attribute (None) or a number
-            values = {v for v in values if isinstance(v, str) and v}
-            joined = _SEPARATOR.join(values)
+        values = set(vins) - self._seen
         self._seen |= values
+        texts = {v for v in values if isinstance(v, str) and v}
+        if not texts:
+            return
+        self.generation += 1
+        joined = _SEPARATOR.join(texts)
         # Runs never span two values: the separator is not a VIN character. A value with a
         # run inside (`source` is `/vehicles/<VIN>`) contributes that run.
         self.vins.update(VIN_RUN.findall(joined))
         # Values with no run at all are VINs the run scan cannot see (not of the VIN
         # alphabet): they are what is left whole once the runs are taken out.
-        odd = {v for v in set(VIN_RUN.sub("", joined).split(_SEPARATOR)) & values if len(v) >= MIN_ODD_VIN}
+        odd = {v for v in set(VIN_RUN.sub("", joined).split(_SEPARATOR)) & texts if len(v) >= MIN_ODD_VIN}
         if odd - set(self.odd):
             self.odd = tuple(sorted(odd | set(self.odd), key=lambda v: (-len(v), v)))
             self._odd = re.compile("|".join(map(re.escape, self.odd)))
@@ -159,6 +157,18 @@ def _text(value: object) -> str | None:
     return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def _equals_any(values: np.ndarray, columns: list[np.ndarray]) -> bool:
+    first, last = values[0], values[-1]
+    for other in columns:  # the ends first: columns that differ almost always differ there
+        try:
+            if (other.shape == values.shape and other[0] == first and other[-1] == last
+                    and bool((other == values).all())):
+                return True
+        except (TypeError, ValueError):  # arrays inside the column: no cheap comparison
+            continue
+    return False
+
+
 def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: list[np.ndarray] | None = None) -> BoolArray | None:
     """Rows of a column holding a raw VIN, or None if none does (the usual case, and cheap).
 
@@ -167,12 +177,8 @@ def column_vin_rows(values: np.ndarray, finder: VinFinder, clean: list[np.ndarra
     """
     if values.dtype != object or not values.shape[0]:
         return None
-    if clean is not None:
-        first, last = values[0], values[-1]
-        for other in clean:  # the ends first: columns that differ almost always differ there
-            if (other.shape == values.shape and other[0] == first and other[-1] == last
-                    and bool((other == values).all())):
-                return None
+    if clean is not None and _equals_any(values, clean):
+        return None
     items = values.tolist()
     try:
         # Joining every value is cheaper than finding the unique ones first, for short texts.
@@ -228,7 +234,8 @@ class PolicyGuard:
     def __init__(self, source: EventBatch, finder: VinFinder) -> None:
         self.source = source
         self.vin_finder = finder
-        self._clean: list[np.ndarray] = []  # columns found clean in this batch
+        self._clean: list[np.ndarray] = []  # columns found clean in this batch ...
+        self._generation = finder.generation  # ... with the VINs known then
 
     def finder(self, vin_fields: Iterable[str], rows: IntArray) -> VinFinder:
         """The finder, having learnt the VINs of the source events at `rows` (a route's
@@ -253,6 +260,8 @@ class PolicyGuard:
                 learnt.add(id(column))
                 values = column[rows]
             self.vin_finder.learn(values.tolist())
+        if self.vin_finder.generation != self._generation:
+            self._clean, self._generation = [], self.vin_finder.generation
         return self.vin_finder
 
     def check(self, out: EventBatch, policy: DataPolicy, source_rows: IntArray) -> list[Violation]:

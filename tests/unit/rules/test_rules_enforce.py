@@ -263,3 +263,24 @@ def test_a_violating_event_is_kept_as_a_redacted_routed_cloudevent(rules_from: C
     rec = encode_event(attrs, data)
     got, _ = read_event(RawRecord("route.dept.finance.dlq", 0, 0, rec.key, rec.value, tuple(rec.headers)))
     assert is_failure_of(got, "dept.finance") and "dlqroute" not in as_routed(got)
+
+
+def test_a_column_found_clean_is_checked_again_once_new_vins_are_known() -> None:
+    # Two routes output the same text; only the second route's events carry the VIN in it.
+    source = batch_from_events([event(vin="car-11"), event(vin="car-77")])
+    note = {"type": "fleet.trip.ended", "source": "/pipeline/routes/x", "id": "a", "time": 1,
+            "data": {"note": "trip car-77-1"}}
+    out = batch_from_events([note, note])
+    policy = DataPolicy(vin="pseudonym", vin_fields=["data.vin"])
+    guard = PolicyGuard(source, VinFinder())
+    assert [v.field for v in guard.check(out, policy, np.array([0, 0]))] == []
+    assert [v.field for v in guard.check(out, policy, np.array([1, 1]))] == ["data.note"]
+
+
+def test_known_values_cost_no_learning() -> None:
+    finder = VinFinder([VIN, None, "car-77"])  # type: ignore[list-item]  # an absent attribute is None
+    generation = finder.generation
+    finder.learn([None, VIN, "car-77"])
+    assert finder.generation == generation and finder.odd == ("car-77",)
+    finder.learn([OTHER_VIN])
+    assert finder.generation == generation + 1 and OTHER_VIN in finder.vins
