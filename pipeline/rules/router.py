@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.batch import EventBatch, IntArray
+from pipeline.batch import BoolArray, EventBatch, IntArray
 from pipeline.errors import ConfigError
 from pipeline.rules.columns import Columns
 from pipeline.rules.enforce import (
     POLICY_VIOLATION,
     PolicyGuard,
     VinFinder,
+    Violation,
     restricts,
     violating_rows,
 )
@@ -155,23 +156,8 @@ class Router:
                 violations = guard.check(out, policy, index)
                 result.policy_seconds += time.perf_counter() - started
                 if violations:
-                    bad, first = violating_rows(violations, len(out))
-                    errors = np.empty(len(out), dtype=object)
-                    for bad_rows, message in first:
-                        log.warning("route %s: %d event(s) dropped from the output: %s", route.name,
-                                    int(bad_rows.sum()), message)
-                        result.dead_letters.extend((route.name, int(o), POLICY_VIOLATION, message)
-                                                   for o in out.origin[bad_rows].tolist())
-                        errors[bad_rows] = message
-                    result.policy_violations[route.name] = int(bad.sum())
-                    failed = out.take(bad)
-                    for violation in violations:  # every offending field, not only the first
-                        redact(failed, violation.rows[bad], violation.field)
-                    result.failed[route.name] = failure_events(
-                        failed, np.arange(len(failed)), route=route.name, target=NO_TARGET,
-                        reason=POLICY_VIOLATION, error=errors[bad].tolist())
-                    frame.dead.append((index[bad], POLICY_VIOLATION, ""))  # events, not extra dead letters
-                    keep = ~bad
+                    keep = self._set_aside(route, out, violations, result)
+                    frame.dead.append((index[~keep], POLICY_VIOLATION, ""))  # events, not extra dead letters
                     out, index, part = out.take(keep), index[keep], part[keep]
         except Exception as exc:  # errors are data: the route's events are dead-lettered
             log.exception("route %s: transform failed", route.name)
@@ -191,6 +177,25 @@ class Router:
             result.targets[route.name] = list(route.spec.to)
             result.parts[route.name] = part
         result.counts[route.name] = len(out)
+
+    @staticmethod
+    def _set_aside(route: CompiledRoute, out: EventBatch, violations: list[Violation], result: RouteResult) -> BoolArray:
+        """Dead-letter the events that break the route's policy; the mask of those to keep."""
+        bad, first = violating_rows(violations, len(out))
+        errors = np.empty(len(out), dtype=object)
+        for bad_rows, message in first:
+            log.warning("route %s: %d event(s) dropped from the output: %s", route.name, int(bad_rows.sum()), message)
+            result.dead_letters.extend((route.name, int(o), POLICY_VIOLATION, message)
+                                       for o in out.origin[bad_rows].tolist())
+            errors[bad_rows] = message
+        result.policy_violations[route.name] = int(bad.sum())
+        failed = out.take(bad)
+        for violation in violations:  # every offending field, not only the first
+            redact(failed, violation.rows[bad], violation.field)
+        result.failed[route.name] = failure_events(failed, np.arange(len(failed)), route=route.name, target=NO_TARGET,
+                                                   reason=POLICY_VIOLATION, error=errors[bad].tolist())
+        keep: BoolArray = ~bad
+        return keep
 
     @staticmethod
     def _fail(result: RouteResult, route: CompiledRoute, events: EventBatch, rows: IntArray,
