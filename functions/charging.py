@@ -29,9 +29,10 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     optional=[POWER, LAT, LON],
     emits={"fleet.charging.started": {"vin": "string", "session_id": "string", "soc_pct": "number?",
                                     "charger_kind": "string", "location.lat": "number?", "location.lon": "number?"},
-           "fleet.charging.ended": {"vin": "string", "session_id": "string", "energy_kwh": "number?",
+           "fleet.charging.ended": {"vin": "string", "session_id": "string", "end_reason": "string", "energy_kwh": "number?",
                                   "duration_s": "number", "soc_start_pct": "number?", "soc_end_pct": "number?",
                                   "max_power_kw": "number?", "location.lat": "number?", "location.lon": "number?"}},
+    identity=["session_id"],  # `<VIN>-<start ms>`
     state=True,
     defaults={"battery_capacity_kwh": 6.1, "max_gap_ms": 900_000, "dc_threshold_kw": 22.0,
               "soc_ms": 120_000, "location_ms": 300_000},

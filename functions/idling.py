@@ -27,7 +27,7 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     name="idling",
     consumes=[SPEED],
     optional=[ENGINE_SPEED, ENGINE_RUNNING, BATTERY_POWER, LAT, LON],
-    emits={"fleet.driving.idling": {"vin": "string", "duration_s": "number", "location.lat": "number?", "location.lon": "number?"}},
+    emits={"fleet.driving.idling": {"vin": "string", "duration_s": "number", "end_reason": "string", "location.lat": "number?", "location.lon": "number?"}},
     state=True,
     defaults={"idle_speed_kmh": 1.0, "min_duration_s": 300, "max_gap_ms": 60_000,
               "ev_on_power_w": 500.0, "on_signal_ms": 10_000},

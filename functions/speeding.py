@@ -24,7 +24,7 @@ LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitud
     name="speeding",
     consumes=[SPEED],
     optional=[POSTED_LIMIT, LAT, LON],
-    emits={"fleet.driving.speeding": {"vin": "string", "speed_kmh": "number", "limit_kmh": "number",
+    emits={"fleet.driving.speeding": {"vin": "string", "speed_kmh": "number", "limit_kmh": "number", "end_reason": "string",
                                      "duration_ms": "integer", "location.lat": "number?", "location.lon": "number?"}},
     state=True,
     defaults={"limit_kmh": 130.0, "tolerance_kmh": 5.0, "min_duration_ms": 10_000,

@@ -69,7 +69,7 @@ END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
     consumes=[SPEED, *HARSH, SPEEDING, IDLING],
     optional=[ODOMETER, SOC, FUEL, LAT, LON],
     emits={"fleet.trip.started": {"vin": "string", "trip_id": "string", "odometer_km": "number?", "location.lat": "number?", "location.lon": "number?"},
-           "fleet.trip.ended": {"vin": "string", "trip_id": "string", "duration_s": "number",
+           "fleet.trip.ended": {"vin": "string", "trip_id": "string", "end_reason": "string", "duration_s": "number",
                                 "distance_km": "number?", "energy_kwh": "number?", "fuel_l": "number?",
                                 "harsh_events": "integer", "start.lat": "number?", "start.lon": "number?",
                                 "end.lat": "number?", "end.lon": "number?"},
@@ -79,6 +79,7 @@ END_VALUES = ("end_lat", "end_lon", "end_odo", "end_soc", "end_fuel")
                                         "harsh_accel_per_100km": "number?",
                                         "harsh_cornering_per_100km": "number?", "speeding_share": "number?",
                                         "idle_share": "number?", "energy_kwh_per_100km": "number?"}},
+    identity=["trip_id"],  # `<VIN>-<start ms>`
     state=True,
     defaults={"move_kmh": 5.0, "stop_s": 300, "battery_capacity_kwh": 6.1, "fuel_tank_l": 50.0,
               "context_ms": 60_000, "min_distance_km_for_rates": 0.5, "gps_checkpoints": 48,

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pipeline.commands.query",     # query (SQL over the lake)
     "pipeline.commands.contract",  # contract (AsyncAPI document)
     "pipeline.commands.ui",        # ui (the operator's page)
+    "pipeline.commands.dlq",       # dlq replay --route
 )
 
 

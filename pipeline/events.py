@@ -451,6 +451,8 @@ class _Batch:
         for name, number in (("seq", seq), ("sent_at", sent_at)):
             if type(number) is not int or not _INT64_MIN <= number <= _INT64_MAX:
                 raise _Reject(WRONG_TYPE, f"{name} must be a 64-bit integer, got {number!r}", field=name)
+        if seq < 0:  # a vehicle counts its uploads from 0: a negative one is a broken sender
+            raise _Reject(WRONG_TYPE, f"seq must not be negative, got {seq}", field="seq")
         if type(samples) is not dict:
             raise _Reject(WRONG_TYPE, f"samples must be an object, got {type(samples).__name__}",
                           field="samples")

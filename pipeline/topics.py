@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -57,3 +59,49 @@ async def read_to_end(settings: Settings, topic: str, partitions: Iterable[int] 
                     remaining.discard(tp)
     finally:
         await consumer.stop()
+
+
+async def create_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
+    """Create the missing ones of `topics` with the worker's partitions, replication and
+    retention (the settings the worker creates its topics with at start); the created ones."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        configs = {"retention.ms": str(settings.topic_retention_ms)}
+        wanted = [NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=configs)
+                  for t in dict.fromkeys(topics) if t not in existing]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
+                await admin.create_topics(wanted)
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
+
+
+def create_topics_now(settings: Settings, topics: Iterable[str], timeout_s: float = 30.0) -> list[str]:
+    """`create_topics` from synchronous code, also from inside a running event loop (a rules
+    reload between batches): it runs on its own loop in a helper thread and is waited for."""
+    names = list(topics)
+    if not names:
+        return []
+    result: list[str] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.extend(asyncio.run(asyncio.wait_for(create_topics(settings, names), timeout_s)))
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="create-topics", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 5)
+    if failure:
+        raise failure[0]
+    if thread.is_alive():
+        raise TimeoutError(f"creating topics {', '.join(names)} took over {timeout_s}s")
+    return result

@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         seconds: Annotated[int, typer.Option(help="Seconds of data per vehicle")] = 30,
     ) -> None:
         """Import and validate one file, then run its handlers on a synthetic fleet batch."""
+        import numpy as np
+
         from pipeline.handlers.config import load_handler_config
         from pipeline.handlers.loader import CONFIG_FILE, import_file
         from pipeline.handlers.registry import Registry
@@ -69,11 +71,15 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         runner = HandlerRunner(registry, config)
         failed = False
+        rows_seen = dict.fromkeys((spec.name for spec in specs), 0)
+        fleet_signals: set[str] = set()
         try:
             for k in range(2):
                 readings, records = synthetic_fleet(vehicles, seconds, start_ms=1_700_000_000_000 + k * seconds * 1000)
+                fleet_signals.update(readings.signal_names[i] for i in np.unique(readings.signal).tolist())
                 result = runner.run(readings, records)
                 for name, st in result.stats.items():
+                    rows_seen[name] = rows_seen.get(name, 0) + st.rows_in
                     typer.echo(f"batch {k}: {name}: rows_in={st.rows_in} events={st.events_out} "
                                f"errors={st.errors} {st.latency_s * 1000:.1f} ms")
                 for dl in result.dead_letters[:3]:
@@ -82,6 +88,13 @@ def register(app: typer.Typer) -> None:
                                f"[{dl.detail.get('traceback', '')}]", err=True)
         finally:
             runner.close()
+        for spec in specs:
+            if rows_seen.get(spec.name, 0) == 0:
+                # Passing on no input would prove nothing about the handler.
+                failed = True
+                typer.echo(f"error: {spec.name} saw no rows, so it was not tested: the test fleet has none of "
+                           f"what it consumes ({', '.join(spec.consumes)}); the test fleet has "
+                           f"{', '.join(sorted(fleet_signals))}", err=True)
         if failed:
             raise typer.Exit(1)
 

@@ -55,19 +55,43 @@ def _load_or_exit(path: Path | None, err: Console) -> RuleSet:
     return ruleset
 
 
+def _system_warnings(ruleset: RuleSet, functions: Path | None) -> list[str]:
+    from pipeline.handlers.loader import load_functions
+    from pipeline.rules.system import handler_emitters, system_warnings
+
+    if functions is None:
+        from pipeline.config import get_settings
+
+        functions = Path(get_settings().functions_dir)
+    if not functions.is_dir():
+        return [f"{functions}: no such handler folder, so the rules were not checked against the handlers"]
+    registry = load_functions(functions)
+    warnings = [f"handler file not loaded, its events are not known: {e}" for e in registry.errors]
+    return warnings + system_warnings(ruleset, handler_emitters(registry))
+
+
 def register(app: typer.Typer) -> None:
     """Add the `rules` command group to the pipeline CLI."""
     rules_app = typer.Typer(help="Routing rules under rules/routes: check, test and show them.", no_args_is_help=True)
 
     @rules_app.command("check")
-    def check(path: Path | None = PATH_ARG) -> None:
-        """Validate the rules: print every error as file:line: route: field: problem; exit 1 on any."""
+    def check(path: Path | None = PATH_ARG,
+              functions: Path | None = typer.Option(
+                  None, "--functions", help="Handler folder the rules are checked against (default: the configured functions_dir)."),
+              ) -> None:
+        """Validate the rules: print every error as file:line: route: field: problem; exit 1 on any.
+
+        Then check them against the handlers (warnings, file:line): type patterns no handler
+        or vehicle emits, and identity fields a route under a VIN policy lets out unhashed.
+        """
         err = Console(stderr=True)
         ruleset = _load_or_exit(path, err)
         default = f", default route '{ruleset.default.name}'" if ruleset.default else ", no default route"
         disabled = f", {len(ruleset.disabled)} disabled" if ruleset.disabled else ""
         typer.echo(f"ok: {len(ruleset.routes)} routes{default}{disabled} in {len(ruleset.files)} files "
                    f"(version {ruleset.digest[:12]})")
+        for warning in _system_warnings(ruleset, functions):
+            typer.echo(f"warning: {warning}")
 
     @rules_app.command("test")
     def test(path: Path | None = PATH_ARG,

@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError
 SIGNAL_PREFIX = "Vehicle."
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
 HANDLER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+IDENTITY_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_RETRIES = 1
@@ -64,6 +65,9 @@ class HandlerSpec:
     line: int = 0
     #: event type -> its data fields, where the handler declared them (`emits` as a mapping)
     fields: Mapping[str, tuple[FieldSpec, ...]] = field(default_factory=dict)
+    # Data fields of the emitted events that carry a vehicle identity (built from the VIN,
+    # like a trip id `<VIN>-<start>`): routes with a VIN policy must not emit them raw.
+    identity: tuple[str, ...] = ()
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -87,6 +91,7 @@ def handler(
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     retries: int = DEFAULT_RETRIES,
     defaults: Mapping[str, Any] | None = None,
+    identity: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn(batch: HandlerInput, ctx: HandlerContext) -> EventBatch | None` as a handler.
 
@@ -99,6 +104,8 @@ def handler(
     types from FIELD_TYPES, `?` for a field that may be absent). Declared fields are
     checked on every emit and are the source of the event's JSON Schema in the contract
     (`pipeline contract`).
+    `identity` names the data fields of the emitted events that carry a vehicle identity
+    (`pipeline rules check` warns when a route with a VIN policy lets them out unhashed).
     """
     declared: dict[str, tuple[FieldSpec, ...]] = {}
     if isinstance(emits, Mapping):
@@ -124,6 +131,7 @@ def handler(
             source_file=source_file,
             line=line,
             fields=declared,
+            identity=tuple(f.removeprefix("data.") for f in identity),
         )
         check_spec(spec)
         fn.__handler_spec__ = spec  # type: ignore[attr-defined]
@@ -206,6 +214,9 @@ def check_spec(spec: HandlerSpec) -> None:
                 fail(f"{ev}: {parent!r} is declared both as a field and as an object of {f.name!r}", "emits")
     if set(spec.events) & set(spec.emits):
         fail("a handler cannot consume an event type it emits", "consumes")
+    for name in spec.identity:
+        if not IDENTITY_FIELD.match(name):
+            fail(f"{name!r} is not a data field name (e.g. trip_id or session.id)", "identity")
     if spec.timeout_ms <= 0:
         fail("timeout_ms must be positive", "timeout_ms")
     if spec.retries < 0:

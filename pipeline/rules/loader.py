@@ -20,7 +20,13 @@ from pydantic import ValidationError
 from pipeline.errors import ConfigError, yaml_config_error
 from pipeline.rules.patterns import MATCH_ALL, Loc, Node, PatternGroupError, compile_pattern
 from pipeline.rules.policy import check_policy
-from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Route, TopicTarget, WebhookTarget
+from pipeline.rules.schema import (
+    DEFAULT_HMAC_KEY_ENV,
+    PATTERN_WORDS,
+    Route,
+    TopicTarget,
+    WebhookTarget,
+)
 from pipeline.rules.transform import Transform, TransformGroupError, compile_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,10 +58,22 @@ class CompiledRoute:
     transform: Transform
     file: str
     line: int
+    # Line of every key and list item of the route, by its place inside the route.
+    lines: Mapping[Loc, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def line_of(self, *loc: str | int) -> int:
+        """Line of a place inside the route (`"match", "type"`), or of the nearest enclosing one."""
+        parts = list(loc)
+        while parts:
+            found = self.lines.get(tuple(parts))
+            if found is not None:
+                return found
+            parts.pop()
+        return self.line
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,16 @@ class RuleSet:
     def key_envs(self) -> set[str]:
         """Environment variables holding HMAC keys the transforms need."""
         return {env for r in self.all_routes() for env in r.transform.key_envs()}
+
+    def topics(self) -> list[str]:
+        """Every topic the routes deliver or dead-letter to."""
+        names = {t.topic for r in self.all_routes() for t in [*r.spec.to, r.spec.dead_letter]
+                 if isinstance(t, TopicTarget)}
+        return sorted(names)
+
+    def topics_added(self, new: RuleSet) -> list[str]:
+        """Topics `new` delivers or dead-letters to that these rules did not (to create on reload)."""
+        return sorted(set(new.topics()) - set(self.topics()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +258,8 @@ class _Checker:
                     message = "required field is missing"
                 elif err["type"] == "too_short" and "input" in err and err["input"] == []:
                     message = "empty list (give at least one item, or leave the field out)"
+                elif err["type"] == "string_pattern_mismatch":
+                    message = _pattern_message(err.get("input"), str((err.get("ctx") or {}).get("pattern", "")))
                 self.error(doc, (*base, *loc), message, label, _field_label(_dedupe_tags(loc)) or None)
         predicate: Node = MATCH_ALL
         if isinstance(raw.get("match"), Mapping):
@@ -263,7 +293,8 @@ class _Checker:
         self.seen[spec.name] = f"{doc.file}:{doc.line((*base, 'name'))}"
         if len(self.errors) > before:
             return
-        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(base) or 0)
+        lines = {loc[len(base):]: line for loc, line in doc.lines.items() if loc[:len(base)] == base}
+        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(base) or 0, lines)
         if spec.enabled:
             self.routes.append(compiled)
         else:
@@ -293,6 +324,13 @@ class _Checker:
 
     def _is_dead_letter_topic(self, topic: str) -> bool:
         return topic == self.dlq_topic or topic.endswith(".dlq")
+
+
+def _pattern_message(value: Any, pattern: str) -> str:
+    words = PATTERN_WORDS.get(pattern, "it does not have the expected form")
+    if value == "":
+        return f"is empty: {words}"
+    return f"{value!r} is not valid: {words}"
 
 
 def _dedupe_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:

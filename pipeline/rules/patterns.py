@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.batch import BoolArray
-from pipeline.rules.columns import CONTEXT_ATTRIBUTES, OPAQUE, Columns, is_data_path
+from pipeline.rules.columns import (
+    CONTEXT_ATTRIBUTES,
+    DATA_PREFIX,
+    OPAQUE,
+    Columns,
+    data_key,
+    is_data_path,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -425,6 +432,14 @@ class FieldCondition(Node):
 
     def _evaluate(self, cols: Columns) -> BoolArray:
         n = cols.n
+        root = array_root(cols, self.path)
+        if root is not None:
+            # A field inside an array of objects (`data.legs.from`): per event, as EventBridge
+            # crushes the array (any element may hold the value).
+            items, sub = cols.batch.data[root].tolist(), self.path[len(DATA_PREFIX) + len(root) + 1:]
+            present = cols.batch.is_present(root).tolist()
+            return np.fromiter((self.test_found(*lookup_crushed(v, sub)) if p else self.test_found(False, None)
+                                for v, p in zip(items, present, strict=True)), dtype=bool, count=n)
         out = np.zeros(n, dtype=bool)
         exists = [leaf for leaf in self.leaves if isinstance(leaf, Exists)]
         geo = [leaf for leaf in self.leaves if isinstance(leaf, GeoLeaf)]
@@ -473,7 +488,10 @@ class FieldCondition(Node):
         return out
 
     def test(self, event: Mapping[str, Any]) -> bool:
-        found, value = lookup(event, self.path)
+        return self.test_found(*lookup_crushed(event, self.path))
+
+    def test_found(self, found: bool, value: Any) -> bool:
+        """The conditions on a looked-up value (`found` False: the field is absent)."""
         values: list[Any]
         if found and isinstance(value, list | tuple):
             values = []
@@ -498,6 +516,69 @@ def _flatten_into(value: Any, out: list[Any]) -> None:
             _flatten_into(item, out)
         else:
             out.append(item)
+
+
+def lookup_crushed(node: Any, path: str) -> tuple[bool, Any]:
+    """(found, value) of a rule path, crushing arrays of objects on the way, as EventBridge
+    does: `legs.from` in `{"legs": [{"from": "A"}, {"from": "B"}]}` is `["A", "B"]`."""
+    parts = path.split(".") if path else []
+    for i, part in enumerate(parts):
+        if isinstance(node, list | tuple):
+            items: list[Any] = []
+            _flatten_into(node, items)
+            rest = ".".join(parts[i:])
+            found_any, values = False, list[Any]()
+            for item in items:
+                found, value = lookup_crushed(item, rest)
+                if found:
+                    found_any = True
+                    values.extend(value if isinstance(value, list | tuple) else [value])
+            return found_any, values
+        if type(node) is not dict and not isinstance(node, Mapping):
+            return False, None
+        if part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def array_root(cols: Columns, path: str) -> str | None:
+    """The data column holding an array (of objects) that `path` reaches into, if any."""
+    if not is_data_path(path):
+        return None
+    key = data_key(path)
+    if key in cols.batch.data:
+        return None
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        root = ".".join(parts[:i])
+        col = cols.batch.data.get(root)
+        if col is not None:
+            return root if col.dtype == object else None
+    return None
+
+
+def _element_root(event: Mapping[str, Any], path: str) -> str | None:
+    """The prefix of `path` whose value in `event` is an array, if any (per-event twin of `array_root`)."""
+    node: Any = event
+    parts = path.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if type(node) is not dict and not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+        if isinstance(node, list | tuple):
+            return ".".join(parts[:i + 1])
+    return None
+
+
+def _consistent(conditions: list[FieldCondition], root: str, value: Any) -> bool:
+    """True if one element of the array `value` (at `root`) satisfies every condition
+    (EventBridge's array consistency: no match from fields of different elements)."""
+    items: list[Any] = []
+    _flatten_into(value if isinstance(value, list | tuple) else [value], items)
+    subs = [c.path[len(root) + 1:] for c in conditions]
+    return any(all(c.test_found(*lookup_crushed(item, sub)) for c, sub in zip(conditions, subs, strict=True))
+               for item in items)
 
 
 def lookup(event: Mapping[str, Any], path: str) -> tuple[bool, Any]:
@@ -525,10 +606,41 @@ class AllOf(Node):
             out = mask.copy() if out is None else out & mask
             if not out.any():
                 break
-        return np.ones(cols.n, dtype=bool) if out is None else out
+        if out is None:
+            return np.ones(cols.n, dtype=bool)
+        if out.any():
+            for root, conditions in self._by_array_root(cols).items():
+                # Fields of one array of objects must match in the same element.
+                col, present = cols.batch.data[root], cols.batch.is_present(root)
+                rows = np.flatnonzero(out & present)
+                values = col[rows].tolist()
+                keep = np.fromiter((_consistent(conditions, DATA_PREFIX + root, v) for v in values),
+                                   dtype=bool, count=len(values))
+                out[rows[~keep]] = False
+        return out
+
+    def _by_array_root(self, cols: Columns) -> dict[str, list[FieldCondition]]:
+        groups: dict[str, list[FieldCondition]] = {}
+        for child in self.children:
+            if isinstance(child, FieldCondition):
+                root = array_root(cols, child.path)
+                if root is not None:
+                    groups.setdefault(root, []).append(child)
+        return {root: conditions for root, conditions in groups.items() if len(conditions) > 1}
 
     def test(self, event: Mapping[str, Any]) -> bool:
-        return all(child.test(event) for child in self.children)
+        if not all(child.test(event) for child in self.children):
+            return False
+        groups: dict[str, list[FieldCondition]] = {}
+        for child in self.children:
+            if isinstance(child, FieldCondition):
+                root = _element_root(event, child.path)
+                if root is not None:
+                    groups.setdefault(root, []).append(child)
+        for root, conditions in groups.items():
+            if len(conditions) > 1 and not _consistent(conditions, root, lookup(event, root)[1]):
+                return False
+        return True
 
     def fields(self) -> Iterator[FieldCondition]:
         for child in self.children:

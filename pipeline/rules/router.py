@@ -10,13 +10,23 @@ counted and go to the default route if there is one. Rules are swapped with
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.batch import EventBatch, IntArray
+from pipeline.batch import BoolArray, EventBatch, IntArray
 from pipeline.errors import ConfigError
 from pipeline.rules.columns import Columns
+from pipeline.rules.enforce import (
+    POLICY_VIOLATION,
+    PolicyGuard,
+    VinFinder,
+    Violation,
+    restricts,
+    violating_rows,
+)
+from pipeline.rules.failures import NO_TARGET, failure_events, redact
 from pipeline.rules.loader import CompiledRoute, RuleSet
 from pipeline.rules.schema import DEFAULT_HMAC_KEY_ENV, Target
 from pipeline.rules.transform import Context, Frame, deterministic_ids
@@ -38,7 +48,12 @@ class RouteResult:
     - `dead_letter_events`: those events as they entered the route, by route;
     - `counts`: output events per route (every route in the rules, zero included);
     - `parts`: split index of every row of `per_route`;
-    - `version`: digest of the rules used.
+    - `version`: digest of the rules used;
+    - `policy_violations`: events taken out of a route's output because a value broke the
+      route's data policy (they are in `dead_letters` with reason `policy_violation`);
+    - `failed`: those events as routed CloudEvents for the route's dead-letter target, the
+      offending fields redacted, marked with the `dlq*` attributes of `failures.py`;
+    - `policy_seconds`: time the value checks of the data policies took in this batch.
     """
 
     per_route: dict[str, EventBatch] = field(default_factory=dict)
@@ -49,16 +64,23 @@ class RouteResult:
     counts: dict[str, int] = field(default_factory=dict)
     parts: dict[str, IntArray] = field(default_factory=dict)
     version: str = ""
+    policy_violations: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, EventBatch] = field(default_factory=dict)
+    policy_seconds: float = 0.0  # time spent checking values against the data policies
 
 
 class Router:
     """Compiled rules applied to event batches; `update` swaps the rules atomically."""
 
-    def __init__(self, ruleset: RuleSet, hmac_secret: bytes, *, assign_ids: bool = True) -> None:
+    def __init__(self, ruleset: RuleSet, hmac_secret: bytes, *, assign_ids: bool = True,
+                 enforce_policies: bool = True) -> None:
         if not hmac_secret:
             raise ConfigError("the HMAC key for pseudonyms is empty", field=DEFAULT_HMAC_KEY_ENV)
         self._hmac_secret = bytes(hmac_secret)
         self.assign_ids = assign_ids
+        # Value-level policy checks (`enforce.py`); off only to measure what they cost.
+        self.enforce_policies = enforce_policies
+        self._vin_finder = VinFinder()  # the fleet's VINs, learnt from the routed events
         self._pseudonyms: dict[tuple[str, int, str], dict[object, str]] = {}
         self._state = self._prepare(ruleset)
 
@@ -68,6 +90,15 @@ class Router:
         missing = sorted(env for env in ruleset.key_envs() if not keys.get(env))
         if missing:
             raise ConfigError(f"HMAC key environment variable(s) not set: {', '.join(missing)}", field="key_env")
+        # A webhook that cannot sign would dead-letter every event at delivery: refuse the
+        # rules version instead (a reload keeps the last good one).
+        for route in ruleset.all_routes():
+            for j, target in enumerate(route.spec.to):
+                secret_env = getattr(target, "secret_env", None)
+                if secret_env and not keys.get(secret_env):
+                    raise ConfigError(f"webhook secret environment variable {secret_env} is not set",
+                                      file=route.file, line=route.line_of("to", j, "secret_env"),
+                                      rule=route.name, field=f"to[{j}].secret_env")
         return ruleset, keys
 
     @property
@@ -92,6 +123,7 @@ class Router:
             return result
         cols = Columns(events)
         ctx = Context(keys, self._pseudonyms)
+        guard = PolicyGuard(events, self._vin_finder) if self.enforce_policies else None
         matched = np.zeros(n, dtype=bool)
         for route in ruleset.routes:
             try:
@@ -103,20 +135,30 @@ class Router:
             matched |= mask
             rows = np.flatnonzero(mask)
             if rows.shape[0]:
-                self._emit(route, events, rows, cols, ctx, result)
+                self._emit(route, events, rows, cols, ctx, result, guard)
         unmatched = np.flatnonzero(~matched)
         result.unmatched = int(unmatched.shape[0])
         if ruleset.default is not None and result.unmatched:
-            self._emit(ruleset.default, events, unmatched, cols, ctx, result)
+            self._emit(ruleset.default, events, unmatched, cols, ctx, result, guard)
         return result
 
     def _emit(self, route: CompiledRoute, events: EventBatch, rows: IntArray, cols: Columns,
-              ctx: Context, result: RouteResult) -> None:
+              ctx: Context, result: RouteResult, guard: PolicyGuard | None = None) -> None:
         try:
             frame = route.transform.apply(Frame(events, rows, cols), ctx)
             out = frame.build()
+            index, part = frame.index, frame.part
+            policy = route.spec.policy
             if self.assign_ids and len(out):
-                out.attrs["id"] = deterministic_ids(events.attrs["id"][frame.index], route.name, frame.part)
+                out.attrs["id"] = deterministic_ids(events.attrs["id"][index], route.name, part)
+            if guard is not None and policy is not None and restricts(policy) and len(out):
+                started = time.perf_counter()
+                violations = guard.check(out, policy, index)
+                result.policy_seconds += time.perf_counter() - started
+                if violations:
+                    keep = self._set_aside(route, out, violations, result)
+                    frame.dead.append((index[~keep], POLICY_VIOLATION, ""))  # events, not extra dead letters
+                    out, index, part = out.take(keep), index[keep], part[keep]
         except Exception as exc:  # errors are data: the route's events are dead-lettered
             log.exception("route %s: transform failed", route.name)
             self._fail(result, route, events, rows, TRANSFORM_ERROR, repr(exc))
@@ -124,6 +166,8 @@ class Router:
         dead_rows: list[IntArray] = []
         for source_rows, reason, error in frame.dead:
             dead_rows.append(source_rows)
+            if reason == POLICY_VIOLATION:
+                continue  # listed above, with the field of each event
             origin = events.origin[source_rows].tolist()
             result.dead_letters.extend((route.name, int(o), reason, error) for o in origin)
         if dead_rows:
@@ -131,8 +175,27 @@ class Router:
         if len(out):
             result.per_route[route.name] = out
             result.targets[route.name] = list(route.spec.to)
-            result.parts[route.name] = frame.part
+            result.parts[route.name] = part
         result.counts[route.name] = len(out)
+
+    @staticmethod
+    def _set_aside(route: CompiledRoute, out: EventBatch, violations: list[Violation], result: RouteResult) -> BoolArray:
+        """Dead-letter the events that break the route's policy; the mask of those to keep."""
+        bad, first = violating_rows(violations, len(out))
+        errors = np.empty(len(out), dtype=object)
+        for bad_rows, message in first:
+            log.warning("route %s: %d event(s) dropped from the output: %s", route.name, int(bad_rows.sum()), message)
+            result.dead_letters.extend((route.name, int(o), POLICY_VIOLATION, message)
+                                       for o in out.origin[bad_rows].tolist())
+            errors[bad_rows] = message
+        result.policy_violations[route.name] = int(bad.sum())
+        failed = out.take(bad)
+        for violation in violations:  # every offending field, not only the first
+            redact(failed, violation.rows[bad], violation.field)
+        result.failed[route.name] = failure_events(failed, np.arange(len(failed)), route=route.name, target=NO_TARGET,
+                                                   reason=POLICY_VIOLATION, error=errors[bad].tolist())
+        keep: BoolArray = ~bad
+        return keep
 
     @staticmethod
     def _fail(result: RouteResult, route: CompiledRoute, events: EventBatch, rows: IntArray,

@@ -28,6 +28,15 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 ROUTE_NAME = r"^[a-z][a-z0-9-]*(\.[a-z0-9-]+)*$"
 PATH = re.compile(r"^(data(\.[A-Za-z0-9_\-]+)+|[a-z0-9]{1,20})$")
+OBJECT_PREFIX = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*/$"
+#: What each name pattern means, for errors in words instead of a regular expression.
+PATTERN_WORDS: dict[str, str] = {
+    ENV_NAME: "an environment variable name is capitals, digits and '_' (e.g. FINANCE_KEY)",
+    TOPIC_NAME: "a topic name is 1 to 249 letters, digits, '.', '_' or '-'",
+    ROUTE_NAME: "a route name is lower-case words of letters, digits and '-' joined by '.' (e.g. dept.finance)",
+    OBJECT_PREFIX: "an object prefix is letters, digits, '.', '_', '-' and '/', starting with a letter or digit "
+                   "and ending in '/' (e.g. routes/finance/)",
+}
 
 
 class _Model(BaseModel):
@@ -57,7 +66,7 @@ class WebhookTarget(_Model):
     webhook: str = Field(..., description="http(s) URL the events are POSTed to.",
                          examples=["https://crm.example.com/hooks/vehicle-alerts"])
     secret_env: str | None = Field(default=None, pattern=ENV_NAME,
-                                   description="Environment variable holding the signing key; the `X-Pipeline-Signature` header carries `t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.<body>'>`. Unset: requests are not signed.",
+                                   description="Environment variable holding the signing key; the `X-Pipeline-Signature` header carries `t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.<body>'>`. Left out: requests are not signed. Named but not set in the worker's environment: that rules version is rejected when it loads (a reload keeps the last good one).",
                                    examples=["CRM_WEBHOOK_SECRET"])
     timeout_s: float = Field(default=5.0, gt=0, le=120, description="Per-request timeout in seconds; a slow endpoint is retried, then dead-lettered, and never holds up other routes.",
                              examples=[2.5])
@@ -84,7 +93,7 @@ class WebhookTarget(_Model):
 class ObjectTarget(_Model):
     """An object-store prefix: events are written as JSON lines under it by the object sink."""
 
-    object: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*/$",
+    object: str = Field(..., pattern=OBJECT_PREFIX,
                         description="Key prefix in the pipeline's bucket, ending in `/`.",
                         examples=["routes/finance/"])
 

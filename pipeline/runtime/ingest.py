@@ -197,6 +197,9 @@ class BatchIngest:
 
             def accepted(ruleset: Any) -> None:
                 assert core.router is not None
+                from pipeline.topics import create_topics_now  # new routes' topics, as at start
+
+                create_topics_now(settings, core.router.ruleset.topics_added(ruleset))
                 core.router.update(ruleset)
                 metrics.RELOADS.labels("rules", "ok").inc()
                 log.info("rules reloaded: version %s", ruleset.digest[:12])

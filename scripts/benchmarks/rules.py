@@ -9,7 +9,9 @@ in the same process, then prints both rates and their ratio.
 
 Two vectorised figures are printed: with deterministic event ids (what `Router.route`
 returns by default: one BLAKE2b per routed event) and without (`assign_ids=False`, ids
-left to the edge), because hashing is per event and dominates on a slow core.
+left to the edge), because hashing is per event and dominates on a slow core. A third
+runs without the value-level data-policy checks (`enforce_policies=False`), and the cost
+of those checks is printed as a share of routing with them, from the same run.
 """
 
 from __future__ import annotations
@@ -156,10 +158,12 @@ def build_rules(workdir: Path) -> RuleSet:
     return load_rules(routes, env={})
 
 
-def time_vectorised(ruleset: RuleSet, batches: list, assign_ids: bool, rounds: int) -> tuple[float, dict]:
-    router = Router(ruleset, b"benchmark-key", assign_ids=assign_ids)
+def time_vectorised(ruleset: RuleSet, batches: list, assign_ids: bool, rounds: int,
+                    enforce_policies: bool = True) -> tuple[float, dict]:
+    router = Router(ruleset, b"benchmark-key", assign_ids=assign_ids, enforce_policies=enforce_policies)
     router.route(batches[0])  # warm caches the way a running worker has them
     per_batch: list[float] = []
+    policy_share: list[float] = []  # per batch: value checks / the rest of routing, same batch
     last = None
     for _ in range(rounds):
         for batch in batches:
@@ -167,9 +171,11 @@ def time_vectorised(ruleset: RuleSet, batches: list, assign_ids: bool, rounds: i
             started = time.perf_counter()
             last = router.route(batch)
             per_batch.append(time.perf_counter() - started)
+            policy_share.append(last.policy_seconds / (per_batch[-1] - last.policy_seconds))
     n = len(batches[0])
     stats = {"batch_ms_median": statistics.median(per_batch) * 1e3, "batch_ms_best": min(per_batch) * 1e3,
-             "routed_events": sum(last.counts.values()) if last else 0, "unmatched": last.unmatched if last else 0}
+             "routed_events": sum(last.counts.values()) if last else 0, "unmatched": last.unmatched if last else 0,
+             "policy_share_median": statistics.median(policy_share)}
     return n / statistics.median(per_batch), stats
 
 
@@ -190,6 +196,14 @@ def main() -> None:
     batches = [synthetic_events(args.batch, seed=seed) for seed in range(args.batches)]
     with_ids, with_ids_stats = time_vectorised(ruleset, batches, True, args.rounds)
     without_ids, without_ids_stats = time_vectorised(ruleset, batches, False, args.rounds)
+    # Alternate with and without the policy checks so a noisy neighbour hits both alike.
+    checked_ms: list[float] = []
+    unchecked_ms: list[float] = []
+    for _ in range(args.rounds):
+        checked_ms.append(time_vectorised(ruleset, batches, True, 1)[1]["batch_ms_median"])
+        unchecked_ms.append(time_vectorised(ruleset, batches, True, 1, enforce_policies=False)[1]["batch_ms_median"])
+    checked, unchecked = statistics.median(checked_ms), statistics.median(unchecked_ms)
+    policy_share = (checked - unchecked) / unchecked  # the checks as a share of routing without them
 
     sample = events_from_batch(batches[0].take(slice(0, args.reference_events)))  # type: ignore[arg-type]
     gc.collect()
@@ -205,8 +219,12 @@ def main() -> None:
         "per_event_events_per_s": round(reference_rate),
         "speedup": round(with_ids / reference_rate, 1),
         "speedup_no_ids": round(without_ids / reference_rate, 1),
-        "vectorised": {k: round(v, 2) for k, v in with_ids_stats.items()},
-        "vectorised_no_ids": {k: round(v, 2) for k, v in without_ids_stats.items()},
+        "vectorised": {k: round(v, 2) for k, v in with_ids_stats.items() if k != "policy_share_median"},
+        "vectorised_no_ids": {k: round(v, 2) for k, v in without_ids_stats.items() if k != "policy_share_median"},
+        # A difference of two medians: slightly negative on a tiny, noisy run.
+        "policy_check": {"share_timed_in_batch": round(with_ids_stats["policy_share_median"], 4),
+                         "with_ms_median": round(checked, 2), "without_ms_median": round(unchecked, 2),
+                         "share_with_vs_without": round(policy_share, 3)},
         "per_event_sample": len(sample),
         "per_event_routed": sum(len(v) for v in reference.per_route.values()),
     }
@@ -219,6 +237,9 @@ def main() -> None:
           f"(median {with_ids_stats['batch_ms_median']:.1f} ms per batch)")
     print(f"  vectorised, ids left to the edge   : {without_ids:>12,.0f} events/s  "
           f"(median {without_ids_stats['batch_ms_median']:.1f} ms per batch)")
+    print(f"  policy checks on values            : {with_ids_stats['policy_share_median']:.1%} of the rest of routing "
+          f"(timed inside each batch, median); with/without alternated: median {checked:.1f} ms per batch with, "
+          f"{unchecked:.1f} ms without ({policy_share:+.1%})")
     print(f"  per-event interpreter (same rules) : {reference_rate:>12,.0f} events/s  ({len(sample):,} events)")
     print(f"  speedup: {result['speedup']}x with ids, {result['speedup_no_ids']}x without")
 

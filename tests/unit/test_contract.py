@@ -59,7 +59,8 @@ def test_route_schemas_are_the_declarations_after_the_transforms(shipped: tuple)
     # pick + hmac(vin -> vehicle_ref) + set: no VIN, no location; a pseudonym and the constant
     assert "vin" not in finance["properties"] and "location" not in finance["properties"]
     assert finance["properties"]["vehicle_ref"] == {"type": "string"}
-    assert {"vehicle_ref", "session_id", "duration_s", "currency_basis", "billing_ref"} <= set(finance["required"])
+    assert {"vehicle_ref", "session_ref", "duration_s", "currency_basis", "billing_ref"} <= set(finance["required"])
+    assert "session_id" not in finance["properties"]  # built from the VIN: hashed
     assert "energy_kwh" not in finance["required"]  # declared number? in the handler
     maintenance = schemas["dept.maintenance__fleet.trip.ended"]
     assert maintenance["properties"]["location"]["required"] == ["lat", "lon"]  # renamed from end

@@ -335,6 +335,7 @@ BAD: list[tuple[str, Callable[[], RawRecord], str, dict[str, Any]]] = [
     ("seq a bool", lambda: with_data(frame(seq=True)), "wrong_type", {"field": "seq"}),
     ("sent_at a float", lambda: with_data(frame(sent_at=1.5)), "wrong_type", {"field": "sent_at"}),
     ("seq beyond int64", lambda: with_data(frame(seq=2**64)), "wrong_type", {"field": "seq"}),
+    ("seq negative", lambda: with_data(frame(seq=-5)), "wrong_type", {"field": "seq"}),
     ("samples a list", lambda: with_data(frame(samples=[1])), "wrong_type", {"field": "samples"}),
     ("sample a list", lambda: with_sample("Vehicle.Bad", [1, 2]), "wrong_type",
      {"field": "samples", "signal": "Vehicle.Bad"}),

@@ -42,3 +42,19 @@ def test_test_runs_one_file_on_a_synthetic_batch() -> None:
                                         "--vehicles", "10", "--seconds", "10"])
     assert result.exit_code == 0, result.output
     assert "harsh_driving: rows_in=" in result.output
+
+
+def test_test_fails_when_the_handler_saw_no_rows(tmp_path: Path) -> None:
+    # The test fleet has no battery temperature: passing here would test nothing.
+    (tmp_path / "cold_battery.py").write_text(
+        "from pipeline.handlers import HandlerContext, HandlerInput, handler\n"
+        "TEMP = 'Vehicle.Powertrain.TractionBattery.Temperature.Average'\n"
+        "@handler(name='cold_battery', consumes=[TEMP], emits=['fleet.battery.cold'])\n"
+        "def cold_battery(batch: HandlerInput, ctx: HandlerContext) -> None:\n"
+        "    batch.signal(TEMP)\n")
+    result = CliRunner().invoke(app(), ["functions", "test", str(tmp_path / "cold_battery.py"),
+                                        "--vehicles", "5", "--seconds", "5"])
+    assert result.exit_code == 1, result.output
+    assert "cold_battery saw no rows" in result.output
+    assert "Vehicle.Powertrain.TractionBattery.Temperature.Average" in result.output
+    assert "Vehicle.Speed" in result.output  # what the test fleet does have

@@ -71,7 +71,7 @@ def test_all_errors_of_all_files_are_reported(write_rules: Callable[..., Path]) 
     ("    to: [{kafka: route.x}]\n", 3, "to[0]", "exactly one of `topic`, `webhook` or `object`"),
     ("    to: [{topic: route.x, object: a/}]\n", 3, "to[0]", "exactly one of"),
     ("    to: [{webhook: ftp://x}]\n", 3, "to[0].webhook", "not an http(s) URL"),
-    ("    to: [{object: /abs}]\n", 3, "to[0].object", "should match pattern"),
+    ("    to: [{object: /abs}]\n", 3, "to[0].object", "'/abs' is not valid: an object prefix is letters, digits"),
     ("    to: [{topic: route.x}, {topic: route.x}]\n", 3, "to", "listed twice"),
     ("    to: [{topic: route.x}]\n    dead_letter: {topic: route.x}\n", 4, "dead_letter", "also a delivery target"),
     ("    to: [{topic: route.x}]\n    dead_letter: {webhook: 'http://h/'}\n", 4, "dead_letter", "durable"),
@@ -166,3 +166,14 @@ def test_secrets_named_in_rules_are_read_from_the_given_environment(write_rules:
     ruleset = load_rules(path, env={"FINANCE_KEY": "k1", "HOOK_SECRET": "s1", "OTHER": "x"})
     assert dict(ruleset.keys) == {"FINANCE_KEY": b"k1", "HOOK_SECRET": b"s1"}
     assert ruleset.key_envs() == {"FINANCE_KEY"}
+
+
+def test_name_errors_say_what_a_valid_name_is(write_rules: Callable[..., Path]) -> None:
+    # Before: "String should match pattern '^[A-Za-z0-9._-]{1,249}$'".
+    path = write_rules("routes:\n  - name: dept.x\n    to: [{topic: ''}]\n  - name: Dept Y\n    to: [{topic: route.y}]\n")
+    _, errors = check_rules(path, env={})
+    messages = sorted(f"{e.field}: {e.detail}" for e in errors)
+    assert messages == [
+        "name: 'Dept Y' is not valid: a route name is lower-case words of letters, digits and '-' joined by '.' (e.g. dept.finance)",
+        "to[0].topic: is empty: a topic name is 1 to 249 letters, digits, '.', '_' or '-'",
+    ]

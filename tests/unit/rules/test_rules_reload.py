@@ -122,3 +122,33 @@ def test_a_reload_during_a_batch_applies_from_the_next_batch(tmp_path: Path) -> 
     assert during.counts == {"a": 1, "b": 1} and during.version == old.digest  # neither lost nor double-routed
     after = router.route(batch)
     assert after.counts == {"c": 1} and after.version == new.digest
+
+
+def test_a_webhook_secret_that_is_not_set_rejects_the_version(tmp_path: Path) -> None:
+    # Before: the version loaded and every matching event was dead-lettered at delivery.
+    routes, initial, router, seen, watcher = setup(tmp_path)
+    write(routes / "alerts.yaml", V1.replace("to: [{topic: route.alerts}]",
+                                             "to: [{topic: route.alerts}, {webhook: 'https://crm.example/h', "
+                                             "secret_env: CRM_HOOK_SECRET}]"))
+    assert not watcher.poll()
+    assert seen == [] and router.ruleset is initial and watcher.rules_reload_errors_total == 1
+    assert watcher.last_error is not None
+    assert "alerts.yaml:4: route 'alerts': field 'to[1].secret_env': webhook secret environment variable " \
+           "CRM_HOOK_SECRET is not set" in watcher.last_error
+    # With the secret in the worker's environment the same rules load.
+    with_secret = load_rules(routes, env={"CRM_HOOK_SECRET": "s3cret"})
+    router.update(with_secret)
+    assert router.ruleset is with_secret
+
+
+def test_topics_added_by_a_new_version(tmp_path: Path) -> None:
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "alerts.yaml").write_text(V1)
+    old = load_rules(routes, env={})
+    (routes / "more.yaml").write_text("routes:\n  - name: more\n    to: [{topic: route.more}, {object: more/}]\n"
+                                      "    dead_letter: {topic: route.more.dlq}\n")
+    new = load_rules(routes, env={})
+    assert old.topics() == ["pipeline.dlq", "route.alerts"]
+    assert old.topics_added(new) == ["route.more", "route.more.dlq"]
+    assert new.topics_added(old) == []
