@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings
 from pipeline.events import decode_records
+from pipeline.rules.enforce import POLICY_VIOLATION
 
 log = logging.getLogger("pipeline.core")
 
@@ -39,6 +40,7 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)
     handler_stats: dict[str, Any] = field(default_factory=dict)
     route_result: Any = None  # the router's RouteResult, for webhook delivery at the edge
+    route_specs: dict[str, Any] = field(default_factory=dict)  # route -> its spec (retry, dead letter)
 
     def readings_by_record(self) -> np.ndarray:
         """Matrix [record, reason] of reading counts, so any subset of records can be accounted."""
@@ -232,7 +234,9 @@ class Core:
         return result
 
     def _route(self, result: BatchResult) -> None:
-        """Route a result's events by the rules; a route's failures become dead letters."""
+        """Route a result's events by the rules. What a route fails to match or transform
+        dead-letters its source frames; events that break the route's data policy stay
+        routed CloudEvents (`route_result.failed`), bound for the route's dead-letter target."""
         if self.router is None or not len(result.events):
             return
         route_result = self.router.route(result.events)
@@ -240,7 +244,10 @@ class Core:
         result.routed, result.targets = route_result.per_route, route_result.targets
         result.unmatched = route_result.unmatched
         ruleset = self.router.ruleset
+        result.route_specs = {name: ruleset.get(name).spec for name in {*route_result.per_route, *route_result.failed}}
         for route, origin, reason, error in route_result.dead_letters:
+            if route in route_result.failed and reason == POLICY_VIOLATION:
+                continue  # the routed events themselves go to the route's dead-letter target
             target = ruleset.get(route).spec.dead_letter
             result.dead_letters.append(DeadLetter(result.records[int(origin)], f"route:{route}", reason, error,
                                                   {"dead_letter_topic": getattr(target, "topic", None)}))

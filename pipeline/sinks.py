@@ -229,3 +229,13 @@ class TopicSink:
         # A resend after a partial failure repeats ids: consumers drop duplicates by id.
         await retry(f"produce {len(messages)} messages", send_all, self.backoff)
         return time.perf_counter() - started
+
+    async def send_once(self, messages: Sequence[OutMessage]) -> None:
+        """One attempt: produce every message and wait for every ack, raising on any failure
+        (a route's `retry` decides what happens next)."""
+        futures = [
+            await self.producer.send(m.topic, m.value, key=m.key, headers=m.headers,
+                                     timestamp_ms=m.timestamp_ms, partition=m.partition)
+            for m in messages
+        ]
+        await asyncio.gather(*futures)

@@ -50,7 +50,13 @@ from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings
 from pipeline.config import Settings
 from pipeline.core import BatchResult, Core
 from pipeline.runtime.align import Aligner
-from pipeline.runtime.plan import OutputPlan, dead_letter_message, plan_outputs
+from pipeline.runtime.plan import (
+    OutputPlan,
+    RouteDelivery,
+    dead_letter_topic,
+    failure_messages,
+    plan_outputs,
+)
 from pipeline.sinks import Backoff, ObjectStoreSink, OutMessage, TopicSink
 
 log = logging.getLogger("pipeline.worker")
@@ -470,20 +476,31 @@ class BatchIngest:
                             silent=silent)
 
     async def _write(self, plan: OutputPlan, result: BatchResult) -> None:
-        """Execute a plan: PUTs concurrently with webhooks and produces; returns when all are durable."""
+        """Execute a plan: PUTs concurrently with webhooks and produces; returns when all are durable.
+
+        Dead letters and state changes are retried until Kafka takes them; routed events go to
+        each topic target under their route's `retry`, and what a target still refuses goes to
+        the route's dead-letter target as failure events (as for webhooks)."""
         assert self.sink is not None
+        sink = self.sink
         puts = (asyncio.ensure_future(self.store.write(plan.objects, concurrency=self.settings.put_concurrency))
                 if plan.objects else None)
         try:
-            messages = plan.messages
+            started = time.perf_counter()
+            parts = [self._deliver(d) for d in plan.deliveries]
             if plan.webhooks:
-                dead = await self._deliver_webhooks(result)
-                messages = messages + [dead_letter_message(dl, self.settings.topic_dlq) for dl in dead]
-            if messages:
-                seconds = await self.sink.write(messages)
-                metrics.SINK_SECONDS.labels("kafka").observe(seconds)
+                parts.append(self._deliver_webhooks(result))
+            if plan.messages:
+                parts.append(self._produce(plan.messages))
+            failures = [m for out in await asyncio.gather(*parts) for m in out]
+            if failures:
+                await sink.write(failures)
+            if plan.messages or plan.deliveries or failures:
+                metrics.SINK_SECONDS.labels("kafka").observe(time.perf_counter() - started)
             for route, n in plan.routed.items():
                 metrics.EVENTS_ROUTED.labels(route).inc(n)
+            for (route, reason), n in plan.route_failures.items():
+                metrics.DEAD_LETTERS.labels(f"route:{route}", reason).inc(n)
             for seg in plan.segments:
                 log.info("%s[%d] offsets %d..%d routed", seg.topic, seg.partition, seg.first, seg.last)
             if puts is not None:
@@ -502,22 +519,62 @@ class BatchIngest:
             log.info("%s[%d] offsets %d..%d flushed: %d frames, %d readings in, %d objects",
                      seg.topic, seg.partition, seg.first, seg.last, seg.frames, seg.readings, seg.objects)
 
-    async def _deliver_webhooks(self, result: BatchResult) -> list[DeadLetter]:
+    async def _produce(self, messages: list[OutMessage]) -> list[OutMessage]:
+        assert self.sink is not None
+        await self.sink.write(messages)
+        return []
+
+    async def _deliver(self, delivery: RouteDelivery) -> list[OutMessage]:
+        """One route's events to one topic target under the route's retry; returns the failure
+        events for its dead-letter target if the target refused them to the end."""
+        from pipeline.rules.delivery import TopicDelivery, deliver
+
+        assert self.sink is not None
+        sink = self.sink
+
+        async def send(topic: str, events: EventBatch) -> None:
+            await sink.send_once(delivery.messages)
+
+        outcome = await deliver(TopicDelivery(delivery.route, delivery.topic, delivery.events, delivery.retry,
+                                              delivery.dead_letter), send)
+        if outcome.failed is None or not len(outcome.failed):
+            return []
+        log.error("route %s: topic %s refused %d events after %d attempts (%s); they go to %s",
+                  delivery.route, delivery.topic, len(outcome.failed), outcome.attempts, outcome.error,
+                  delivery.dead_letter_topic)
+        metrics.DEAD_LETTERS.labels(f"route:{delivery.route}", "topic_failed").inc(len(outcome.failed))
+        return failure_messages(outcome.failed, delivery.dead_letter_topic)
+
+    async def _deliver_webhooks(self, result: BatchResult) -> list[OutMessage]:
         """POST routed events to webhook targets (concurrently, each with its own retries and
-        timeout); events a webhook refused after its retries become dead letters."""
+        timeout); events a webhook refused after its retries go to their route's dead-letter
+        target as failure events, once each."""
+        from pipeline.rules.failures import failure_events
+
         if result.route_result is None or self.core.router is None:
             return []
         if self.webhooks is None:
             from pipeline.rules.webhook import WebhookSender
 
             self.webhooks = WebhookSender()
-        dead: list[DeadLetter] = []
+        out: list[OutMessage] = []
         for outcome in await self.webhooks.deliver(result.route_result, self.core.router.ruleset):
+            if not outcome.dead_letters:
+                continue
             batch = result.routed[outcome.route]
+            topic = dead_letter_topic(result.route_specs.get(outcome.route), self.settings.topic_dlq)
+            by_reason: dict[str, tuple[list[int], list[str]]] = {}
             for row, reason, error in outcome.dead_letters:
-                record = result.records[int(batch.origin[row])]
-                dead.append(DeadLetter(record, f"route:{outcome.route}", reason, f"{outcome.url}: {error}"))
-        return dead
+                rows, errors = by_reason.setdefault(reason, ([], []))
+                rows.append(row)
+                errors.append(f"{outcome.url}: {error}")
+            for reason, (rows, errors) in by_reason.items():
+                failed = failure_events(batch, np.asarray(rows, dtype=np.int64), route=outcome.route,
+                                        target=f"webhook:{outcome.url}", reason=reason,
+                                        attempts=outcome.attempts, error=errors)
+                out.extend(failure_messages(failed, topic))
+                metrics.DEAD_LETTERS.labels(f"route:{outcome.route}", reason).inc(len(rows))
+        return out
 
     async def _commit_loop(self) -> None:
         """Commit offsets in batch order as batches become durable; a batch that failed outside

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.batch import DeadLetter, RawRecord
+from pipeline.batch import DeadLetter, EventBatch, RawRecord
 from pipeline.core import BatchResult
 from pipeline.events import EncodedRecord, encode_event
 from pipeline.segments import Segment, add_to_segment, segment_objects, split_batch
@@ -49,14 +49,30 @@ class SegmentDone:
 
 
 @dataclass(slots=True)
+class RouteDelivery:
+    """One route's encoded events for one topic target, under the route's retry policy; what
+    the target refuses after the last attempt goes to `dead_letter_topic` as failure events."""
+
+    route: str
+    topic: str
+    messages: list[OutMessage]
+    events: EventBatch  # the same events as columns, for failure events
+    retry: Any  # rules.schema.RetryPolicy
+    dead_letter: Any  # the route's dead-letter target (rules.schema.Target)
+    dead_letter_topic: str
+
+
+@dataclass(slots=True)
 class OutputPlan:
     """Everything one batch writes, and the offsets it frees for commit."""
 
-    messages: list[OutMessage] = field(default_factory=list)
+    messages: list[OutMessage] = field(default_factory=list)  # retried until acknowledged
+    deliveries: list[RouteDelivery] = field(default_factory=list)  # routed events, per route's retry
     objects: list[PutObject] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     segments: list[SegmentDone] = field(default_factory=list)
     routed: dict[str, int] = field(default_factory=dict)  # events per route
+    route_failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, reason) -> events
     dead_letters: list[DeadLetter] = field(default_factory=list)  # late: encode errors
     webhooks: bool = False  # the result has webhook targets to deliver to
 
@@ -88,7 +104,8 @@ def plan_outputs(result: BatchResult, *, dlq_topic: str, state_messages: list[Ou
     """
     plan = OutputPlan(webhooks=_has_webhooks(result))
     records = result.records
-    _plan_routes(result, plan, silent)
+    _plan_routes(result, plan, silent, dlq_topic)
+    failed_by_part = _plan_route_failures(result, plan, dlq_topic)
     plan.messages.extend(state_messages or ())
     for dl in result.dead_letters + plan.dead_letters:
         plan.messages.append(dead_letter_message(dl, dlq_topic))
@@ -100,6 +117,8 @@ def plan_outputs(result: BatchResult, *, dlq_topic: str, state_messages: list[Ou
     for (topic, partition), part in split_batch(result).items():
         seg = Segment(topic, partition)
         add_to_segment(seg, part, records)
+        for code, n in failed_by_part.get((topic, partition), {}).items():
+            seg.dead_letters[code] = seg.dead_letters.get(code, 0) + n
         objects = segment_objects(seg)
         plan.objects.extend(objects)
         plan.segments.append(SegmentDone(topic, partition, seg.first, seg.last, seg.frames_in, seg.readings_in,
@@ -118,7 +137,7 @@ def _has_webhooks(result: BatchResult) -> bool:
         getattr(t, "kind", None) == "webhook" for ts in result.targets.values() for t in ts)
 
 
-def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool) -> None:
+def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool, dlq_topic: str) -> None:
     """Routed events to topic targets (messages) and object-store targets (JSON lines per
     route, target and input partition, named from the partition's offsets in the batch)."""
     records = result.records
@@ -132,6 +151,7 @@ def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool) -> None:
         if not len(batch) or not (topics or prefixes):
             continue
         lines: dict[tuple[str, int], list[bytes]] = {}
+        by_topic: dict[str, tuple[list[OutMessage], list[int]]] = {}
         origins = batch.origin.tolist()
         for row, (attrs, data) in enumerate(batch.rows()):
             origin = records[int(origins[row])]
@@ -142,9 +162,18 @@ def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool) -> None:
                                                     f"{type(exc).__name__}: {exc}"))
                 continue
             for topic in topics:
-                plan.messages.append(OutMessage(topic, rec.key, rec.value, rec.headers))
+                by_topic.setdefault(topic, ([], []))
+                by_topic[topic][0].append(OutMessage(topic, rec.key, rec.value, rec.headers))
+                by_topic[topic][1].append(row)
             if prefixes:
                 lines.setdefault((origin.topic, origin.partition), []).append(_object_line(rec))
+        spec = result.route_specs.get(route)
+        for topic, (messages, rows) in by_topic.items():
+            if spec is None:  # no route spec known (a result built by hand): plain messages
+                plan.messages.extend(messages)
+                continue
+            plan.deliveries.append(RouteDelivery(route, topic, messages, batch.take(np.asarray(rows, dtype=np.int64)),
+                                                 spec.retry, spec.dead_letter, dead_letter_topic(spec, dlq_topic)))
         if topics:
             plan.routed[route] = plan.routed.get(route, 0) + len(batch)
         for (topic, partition), body_lines in lines.items():
@@ -154,6 +183,48 @@ def _plan_routes(result: BatchResult, plan: OutputPlan, silent: bool) -> None:
             for prefix in prefixes:
                 plan.objects.append(PutObject(f"{prefix}{route}/{name}.jsonl", body, "application/x-ndjson",
                                               {"route": route, "events": str(len(body_lines))}))
+
+
+def dead_letter_topic(spec: Any, default: str) -> str:
+    """The topic of a route's dead-letter target, or `default` (the pipeline's dead-letter topic)."""
+    target = getattr(spec, "dead_letter", None)
+    return str(target.topic) if target is not None and getattr(target, "kind", None) == "topic" else default
+
+
+def failure_messages(events: EventBatch, topic: str) -> list[OutMessage]:
+    """Failure events (routed CloudEvents with the `dlq*` attributes) as messages to a route's
+    dead-letter topic; one that cannot be encoded is left out (it is counted, not lost)."""
+    out = []
+    for attrs, data in events.rows():
+        try:
+            rec = encode_event(attrs, data)
+        except Exception:  # noqa: BLE001 - the failure event itself is malformed: nothing better to send
+            continue
+        out.append(OutMessage(topic, rec.key, rec.value, rec.headers))
+    return out
+
+
+def _plan_route_failures(result: BatchResult, plan: OutputPlan, dlq_topic: str) -> dict[tuple[str, int], dict[str, int]]:
+    """Events a route must not let out (its data policy) go, once each and as routed
+    CloudEvents, to the route's dead-letter target; counted per input partition for the
+    manifests as `route:<name>:<reason>`."""
+    by_part: dict[tuple[str, int], dict[str, int]] = {}
+    failed = getattr(result.route_result, "failed", None) or {}
+    for route, events in failed.items():
+        if not len(events):
+            continue
+        spec = result.route_specs.get(route)
+        topic = dead_letter_topic(spec, dlq_topic) if spec is not None else dlq_topic
+        plan.messages.extend(failure_messages(events, topic))
+        reasons = events.attrs.get("dlqreason")
+        for i, origin in enumerate(events.origin.tolist()):
+            rec = result.records[int(origin)]
+            reason = str(reasons[i]) if reasons is not None else "failed"
+            code = f"route:{route}:{reason}"
+            counts = by_part.setdefault((rec.topic, rec.partition), {})
+            counts[code] = counts.get(code, 0) + 1
+            plan.route_failures[(route, reason)] = plan.route_failures.get((route, reason), 0) + 1
+    return by_part
 
 
 def _plan_silent_events(result: BatchResult, plan: OutputPlan) -> None:

@@ -6,7 +6,7 @@ Twizy trips and a simulated evening fleet are replayed. Then an independent cons
 every route topic with the official `cloudevents` SDK's Kafka binding, and none of the
 project's code, and checks: no raw VIN on routes whose policy forbids or pseudonymises it,
 no coordinate on routes that forbid locations, every coordinate on the grid of routes with
-a precision. The leaking route's events are in the dead-letter topic instead.
+a precision. The leaking route's events are in its dead-letter topic instead, as failure events.
 """
 
 from __future__ import annotations
@@ -213,15 +213,15 @@ def test_route_topics_obey_the_routes_data_policies(stack: Stack) -> None:
     assert carried("location", ("forbidden",)) > 0, seen
     assert sum(n for name, n in seen.items() if (specs[name].get("policy") or {}).get("location_precision_m")) > 0, seen
 
-    # The leaking route emitted nothing; each of its events is a policy_violation dead letter
-    # naming the field, its value redacted.
+    # The leaking route emitted nothing; each of its events went once, as the routed CloudEvent
+    # marked with why (the field named, its value redacted), to the route's dead-letter target.
     assert seen["dept.leak"] == 0
-    leaks = [h for h, _, _ in messages[s.topic_dlq] if h.get("dlq_stage") == b"route:dept.leak"]
+    leaks = [h for h, _, _ in messages[s.topic_dlq] if h.get("ce_dlqroute") == b"dept.leak"]
     trips_ended = [h for h, _, _ in messages[f"route.{s.app_id}.dept.maintenance"] if h.get("ce_type") == b"fleet.trip.ended"]
     assert len(leaks) == len(trips_ended) > 0, (len(leaks), len(trips_ended))
     for h in leaks:
-        error = h["dlq_error"].decode()
-        assert h["dlq_reason"] == b"policy_violation" and "'data.note'" in error and "redacted" in error
+        error = h["ce_dlqerror"].decode()
+        assert h["ce_dlqreason"] == b"policy_violation" and "'data.note'" in error and "redacted" in error
         assert not any(v in error for v in vins) and not VIN_SHAPE.search(error)
     assert worker.metric("pipeline_dead_letters_total", stage="route:dept.leak", reason="policy_violation") == len(leaks)
     # ... and in the segment manifests' dead-letter counts.
@@ -232,5 +232,7 @@ def test_route_topics_obey_the_routes_data_policies(stack: Stack) -> None:
                   for topic in s.ingest_topics for ms in load_manifests(client, s.s3_bucket, topic).values() for m in ms)
     assert counted == len(leaks)
     # The shipped routes pass their own policies: no violation but the edited route's.
-    violations = {h["dlq_stage"] for h, _, _ in messages[s.topic_dlq] if h.get("dlq_reason") == b"policy_violation"}
-    assert violations == {b"route:dept.leak"}
+    violations = {h["ce_dlqroute"] for h, _, _ in messages[s.topic_dlq] if h.get("ce_dlqreason") == b"policy_violation"}
+    assert violations == {b"dept.leak"}
+    # and no source frame was dead-lettered for them
+    assert not [h for h, _, _ in messages[s.topic_dlq] if h.get("dlq_reason") == b"policy_violation"]

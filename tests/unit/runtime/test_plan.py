@@ -52,18 +52,25 @@ def test_offsets_to_commit_are_one_past_each_partitions_highest() -> None:
     assert commit_offsets(recs) == {("a", 0): 8, ("b", 0): 3, ("a", 1): 1}
 
 
+def routed_messages(plan: Any) -> list[Any]:
+    return [m for d in plan.deliveries for m in d.messages]
+
+
 def test_every_routed_event_is_one_message_per_topic_target(result: Any) -> None:
     plan = plan_outputs(result, dlq_topic=DLQ)
+    for d in plan.deliveries:  # each under its route's retry, with the events for failure events
+        assert len(d.messages) == len(d.events) and d.retry is result.route_specs[d.route].retry
+        assert [dict(m.headers)["ce_id"].decode() for m in d.messages] == d.events.attrs["id"].tolist()
     for route, batch in result.routed.items():
         topics = [t.topic for t in result.targets[route] if getattr(t, "kind", None) == "topic"]
         for topic in topics:
-            msgs = [m for m in plan.messages if m.topic == topic]
+            msgs = [m for m in routed_messages(plan) if m.topic == topic]
             ids = [dict(m.headers)["ce_id"] for m in msgs]
             assert len(msgs) >= len(batch)
             assert set(batch.attrs["id"].tolist()) <= set(i.decode() for i in ids)
     # each message is a valid CloudEvent whose data is what the route produced
     routed_ids = {i for b in result.routed.values() for i in b.attrs["id"].tolist()}
-    for m in plan.messages:
+    for m in routed_messages(plan):
         if m.topic.startswith("route."):
             attrs, _ = read_event(RawRecord(m.topic, 0, 0, m.key, m.value, tuple(m.headers)))
             assert attrs["id"] in routed_ids
@@ -88,7 +95,8 @@ def test_the_same_result_plans_the_same_bytes(result: Any) -> None:
     a = plan_outputs(result, dlq_topic=DLQ)
     b = plan_outputs(result, dlq_topic=DLQ)
     assert [(o.key, o.body) for o in a.objects] == [(o.key, o.body) for o in b.objects]
-    assert [(m.topic, m.key, m.value) for m in a.messages] == [(m.topic, m.key, m.value) for m in b.messages]
+    assert [(m.topic, m.key, m.value) for m in a.messages + routed_messages(a)] == \
+        [(m.topic, m.key, m.value) for m in b.messages + routed_messages(b)]
 
 
 def test_dead_letters_and_state_changes_are_part_of_the_plan(result: Any) -> None:
@@ -119,3 +127,51 @@ def test_an_idle_signal_writes_events_only_and_frees_no_offsets() -> None:
     ended = [e for e in res.events.attrs["type"].tolist() if e == "fleet.trip.ended"]
     assert ended, "the fleet's open trips end when its vehicles fall silent"
     assert all(o.key.endswith("-silent.parquet") for o in plan.objects if o.key.startswith("events/"))
+
+
+def test_events_that_break_a_routes_policy_go_once_each_to_its_dead_letter_target() -> None:
+    """A route edited to paste the trip id (built from the VIN) into a field: its trip events
+    are not routed; each goes once, as the routed CloudEvent marked with why, to the route's
+    dead-letter topic, and the manifests count them; no frame is dead-lettered for them."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.rules import Router, load_rules
+
+    folder = Path(tempfile.mkdtemp()) / "routes"
+    folder.mkdir()
+    (folder / "leak.yaml").write_text(yaml.safe_dump({"routes": [{
+        "name": "dept.leak", "match": {"type": ["fleet.trip.ended"]},
+        "transform": [{"pick": ["data.trip_id", "data.distance_km"]}, {"hmac": ["subject", "partitionkey"]},
+                      {"set": {"source": "/pipeline/routes/dept.leak"}},
+                      {"template": {"data.note": "trip {data.trip_id}"}}, {"drop": ["data.trip_id"]}],
+        "to": [{"topic": "route.dept.leak"}], "dead_letter": {"topic": "route.dept.leak.dlq"},
+        "policy": {"vin": "pseudonym", "location": "forbidden"}}]}))
+    leaky = Core.from_settings(Settings())
+    leaky.router = Router(load_rules(folder), hmac_secret=b"k")
+    records = fleet_records(vehicles=30, seconds=900)
+    leaky.process(records)
+    last = {r.key: r for r in records}
+    res = leaky.silent(list(last.values()))  # the fleet falls silent: open trips end
+    ended = int((res.events.attrs["type"] == "fleet.trip.ended").sum())
+    assert ended, "the fleet should end trips"
+    plan = plan_outputs(res, dlq_topic=DLQ, silent=True)
+    assert not routed_messages(plan)
+    failures = [m for m in plan.messages if m.topic == "route.dept.leak.dlq"]
+    assert len(failures) == ended
+    for m in failures:
+        h = dict(m.headers)
+        assert h["ce_dlqroute"] == b"dept.leak" and h["ce_dlqreason"] == b"policy_violation"
+        assert b"redacted" in m.value or b"<redacted>" in m.value
+    assert not [m for m in plan.messages if m.topic == DLQ and dict(m.headers).get("dlq_stage") == b"route:dept.leak"]
+    assert plan.route_failures == {("dept.leak", "policy_violation"): ended}
+    # in a batch of frames, the manifests of the frames' partitions count them
+    bad = Router(load_rules(folder), hmac_secret=b"k").route(res.events)
+    res.route_result, res.routed = bad, bad.per_route
+    res.route_specs = {"dept.leak": bad.failed and leaky.router.ruleset.get("dept.leak").spec}
+    framed = plan_outputs(res, dlq_topic=DLQ)
+    counted = sum(orjson.loads(o.body)["dead_letters"].get("route:dept.leak:policy_violation", 0)
+                  for o in framed.objects if o.key.startswith("manifests/"))
+    assert counted == ended
