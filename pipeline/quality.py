@@ -36,7 +36,8 @@ FAULT_REASONS: dict[str, tuple[str, ...]] = {
     "teleport": ("dropped.gps_implied_speed", "dropped.gps_out_of_bounds"),
     "null_island": ("dropped.gps_null_island",),
     "unknown_signal": ("dropped.unknown_signal",),
-    "clock_skew": ("dropped.future_timestamp", "dropped.too_old", "dropped.clock_skew"),
+    "clock_skew": ("repaired.clock_skew", "repaired", "dropped.future_timestamp", "dropped.too_old",
+                   "dropped.clock_skew"),
     "duplicate": ("dropped.duplicate",),
 }
 # Recall the stage must reach per fault type, and the ceiling on clean readings dropped.

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.batch import Readings
+from pipeline.clean.clock import ClockHistory, judge_vehicle
 from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 from pipeline.clean.groups import (
@@ -55,6 +56,7 @@ REASONS: tuple[str, ...] = (
     "repaired",  # repaired in more than one way (unit converted and spike repaired)
     "repaired.unit",  # value converted to the catalog's canonical unit
     "repaired.spike",  # value replaced by its Hampel window median
+    "repaired.clock_skew",  # times shifted by the vehicle's estimated clock offset
     "dropped.unknown_signal",
     "dropped.unit_unconvertible",
     "dropped.non_finite",
@@ -72,7 +74,7 @@ REASONS: tuple[str, ...] = (
     "dropped.stuck",
 )
 CODE = {name: i for i, name in enumerate(REASONS)}
-KEPT, REPAIRED, REPAIRED_UNIT, REPAIRED_SPIKE = 0, 1, 2, 3
+KEPT, REPAIRED, REPAIRED_UNIT, REPAIRED_SPIKE, REPAIRED_CLOCK = 0, 1, 2, 3, 4
 UNKNOWN_SIGNAL = CODE["dropped.unknown_signal"]
 UNIT_UNCONVERTIBLE = CODE["dropped.unit_unconvertible"]
 NON_FINITE = CODE["dropped.non_finite"]
@@ -342,8 +344,10 @@ class Cleaner:
             code[bad & (code == 0)] = NON_FINITE
         clock.lap("signal_unit_value")
 
-        t = readings.t
         tcfg = cfg.time
+        vehicle_slot = self.state.slots(readings.vins)
+        t, sent_at, clock_fixed = self._clock_skew(readings, vehicle_slot, code)
+        clock.lap("clock_skew")
         old: BoolArray | None = None
         if n and len(frames):
             # Each frame is judged by its own ingest time (record timestamp; now_ms for frames
@@ -354,7 +358,7 @@ class Cleaner:
             big = np.iinfo(np.int64).max - tcfg.max_future_vs_ingest_ms
             ingest = np.where(stamped, received, now_ms if now_ms is not None else big)
             # the latest plausible time per frame: its send time (vehicle clock) and its ingest time
-            limit = np.minimum(frames.sent_at + tcfg.max_future_vs_sent_ms,
+            limit = np.minimum(sent_at + tcfg.max_future_vs_sent_ms,
                                ingest + tcfg.max_future_vs_ingest_ms)
             future = t > limit[readings.frame]
             if now_ms is not None:
@@ -374,14 +378,13 @@ class Cleaner:
             code[old & (code == 0)] = TOO_OLD
         clock.lap("time")
 
-        vehicle_slot = self.state.slots(readings.vins)
         *new_frames, resent = self._frame_resends(readings, vehicle_slot, code)
         clock.lap("resends")
-        self._clock_behind(readings, vehicle_slot, code, resent)
+        self._clock_behind(readings, sent_at, vehicle_slot, code, resent)
         clock.lap("clock")
 
         # --- sort once, then group-wise checks -------------------------------------------
-        rows = self._sort(readings, csig, value, code, vehicle_slot)
+        rows = self._sort(readings, t, csig, value, code, vehicle_slot)
         clock.lap("sort")
         self._duplicates(rows)
         clock.lap("duplicates")
@@ -400,7 +403,8 @@ class Cleaner:
         clock.lap("stuck")
 
         # --- outcome, output and history ---------------------------------------------------
-        result = self._finish(readings, rows, code, converted, (new_frames[0], new_frames[1]), clock)
+        result = self._finish(readings, rows, code, converted, clock_fixed, (new_frames[0], new_frames[1]),
+                              clock)
         clock.lap("output_state")
         result.timings = clock.timings
         return result
@@ -435,7 +439,57 @@ class Cleaner:
         fresh = ~resent
         return fslot[fresh], fp[fresh], resent
 
-    def _clock_behind(self, readings: Readings, vehicle_slot: IntArray, code: CodeArray,
+    def _clock_skew(self, readings: Readings, vehicle_slot: IntArray,
+                    code: CodeArray) -> tuple[IntArray, IntArray, BoolArray | None]:
+        """Repair or drop frames whose vehicle clock is off by more than `max_clock_skew_s`.
+
+        Returns the readings' times and the frames' send times with repairs applied, and
+        which readings were repaired (None: none). Only the vehicles with a frame beyond
+        the bound, or a skew episode open in history, are walked (`clock.judge_vehicle`).
+        """
+        frames = readings.frames
+        tcfg = self.config.time
+        t, sent = readings.t, frames.sent_at
+        if tcfg.max_clock_skew_s is None or not len(frames) or not len(readings):
+            return t, sent, None
+        max_skew = int(tcfg.max_clock_skew_s * 1000)
+        state = self.state
+        fslot = vehicle_slot[frames.vehicle]
+        received = frames.received_at
+        odd = (received > 0) & (np.abs(sent - received) > max_skew)
+        look = odd | (state.clock_offset[fslot] != NO_T)
+        if not look.any():
+            return t, sent, None
+        seq_l, sent_l, recv_l = frames.seq.tolist(), sent.tolist(), received.tolist()
+        by_vehicle: dict[int, list[int]] = {}
+        for f in np.flatnonzero(np.isin(frames.vehicle, np.unique(frames.vehicle[look]))).tolist():
+            by_vehicle.setdefault(int(frames.vehicle[f]), []).append(f)
+        shift = np.zeros(len(frames), dtype=np.int64)
+        dropped = np.zeros(len(frames), dtype=bool)
+        no_seq = np.iinfo(np.int64).min
+        for v, fs in by_vehicle.items():  # few: vehicles with a skewed or late frame
+            slot = int(vehicle_slot[v])
+            h_off, h_seq = int(state.clock_offset[slot]), int(state.clock_offset_seq[slot])
+            t_seq, t_sent = int(state.clock_seq[slot]), int(state.clock_sent[slot])
+            verdict = judge_vehicle(
+                fs, seq_l, sent_l, recv_l,
+                ClockHistory(None if h_off == NO_T else h_off, h_seq,
+                             None if t_seq == no_seq else t_seq, None if t_sent == NO_T else t_sent),
+                max_skew, tcfg.clock_agree_ms, tcfg.max_clock_step_back_ms or 0)
+            for f, s in verdict.shift.items():
+                shift[f] = s
+            dropped[verdict.dropped] = True
+            after = verdict.history
+            state.clock_offset[slot] = NO_T if after.offset is None else after.offset
+            state.clock_offset_seq[slot] = after.offset_seq
+        if dropped.any():
+            code[dropped[readings.frame] & (code == 0)] = CLOCK_SKEW
+        if not shift.any():
+            return t, sent, None
+        row_shift = shift[readings.frame]
+        return t - row_shift, sent - shift, row_shift != 0
+
+    def _clock_behind(self, readings: Readings, sent: IntArray, vehicle_slot: IntArray, code: CodeArray,
                       resent: BoolArray) -> None:
         """Drop readings of frames whose vehicle clock went back: a newer frame (higher seq)
         sent more than `max_clock_step_back_ms` before an older one (a late or reordered
@@ -451,7 +505,7 @@ class Cleaner:
             return
         state = self.state
         fslot = vehicle_slot[frames.vehicle]
-        seq, sent, received = frames.seq, frames.sent_at, frames.received_at
+        seq, received = frames.seq, frames.received_at
         stamped = received > 0
         ahead = stamped & (sent > received + self.config.time.max_future_vs_ingest_ms)
         judged = ~resent & ~ahead
@@ -482,10 +536,10 @@ class Cleaner:
             np.maximum.at(state.clock_seq, ts, tq)
             np.maximum.at(state.clock_sent, ts, tt)
 
-    def _sort(self, readings: Readings, csig: npt.NDArray[np.int32], value: FloatArray,
+    def _sort(self, readings: Readings, t: IntArray, csig: npt.NDArray[np.int32], value: FloatArray,
               code: CodeArray, vehicle_slot: IntArray) -> _Sorted:
         """One stable sort of every row by (vehicle, signal, t): arrival order breaks ties."""
-        veh, t = readings.vehicle, readings.t
+        veh = readings.vehicle
         n = t.size
         s_bits = self.signal_bits
         if n:
@@ -989,8 +1043,8 @@ class Cleaner:
     # --- result ----------------------------------------------------------------------------
 
     def _finish(self, readings: Readings, rows: _Sorted, code: CodeArray,
-                converted: BoolArray | None, new_frames: tuple[IntArray, IntArray],
-                clock: _Clock) -> CleanResult:
+                converted: BoolArray | None, clock_fixed: BoolArray | None,
+                new_frames: tuple[IntArray, IntArray], clock: _Clock) -> CleanResult:
         state = self.state
         outcome = code  # per input row; drops decided after the sort are scattered in
         dropped = np.flatnonzero(rows.code)
@@ -999,10 +1053,13 @@ class Cleaner:
         src = rows.order[keep]
         spike_fixed = rows.repaired[keep]
         unit_fixed = converted[src] if converted is not None else np.zeros(src.size, dtype=bool)
-        fixed = np.flatnonzero(spike_fixed | unit_fixed)
+        time_fixed = clock_fixed[src] if clock_fixed is not None else np.zeros(src.size, dtype=bool)
+        fixed = np.flatnonzero(spike_fixed | unit_fixed | time_fixed)
         if fixed.size:
-            u, s = unit_fixed[fixed], spike_fixed[fixed]
-            outcome[src[fixed]] = np.where(s, np.where(u, REPAIRED, REPAIRED_SPIKE), REPAIRED_UNIT)
+            u, s, c = unit_fixed[fixed], spike_fixed[fixed], time_fixed[fixed]
+            single = np.where(s, REPAIRED_SPIKE, np.where(u, REPAIRED_UNIT, REPAIRED_CLOCK))
+            several = u.astype(np.int8) + s + c > 1
+            outcome[src[fixed]] = np.where(several, REPAIRED, single)
 
         # Late: an earlier arrival of the same series has a later time, or history does.
         gkey, t, value, vehicle = rows.gkey[keep], rows.t[keep], rows.value[keep], rows.vehicle[keep]
@@ -1059,7 +1116,7 @@ class Cleaner:
         for i in range(REPAIRED, len(REASONS)):
             if counts_arr[i]:
                 counts[REASONS[i]] = int(counts_arr[i])
-        return CleanResult(readings=clean, repaired=unit_fixed | spike_fixed, outcome=outcome,
+        return CleanResult(readings=clean, repaired=unit_fixed | spike_fixed | time_fixed, outcome=outcome,
                            reasons=list(REASONS), counts=counts, late=late)
 
     def _remember_frames(self, slot: IntArray, fp: IntArray) -> None:

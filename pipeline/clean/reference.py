@@ -28,6 +28,7 @@ from pipeline.clean.cleaner import (
     OUT_OF_RANGE,
     RATE_OF_CHANGE,
     REPAIRED,
+    REPAIRED_CLOCK,
     REPAIRED_SPIKE,
     REPAIRED_UNIT,
     SPIKE,
@@ -36,6 +37,7 @@ from pipeline.clean.cleaner import (
     UNIT_UNCONVERTIBLE,
     UNKNOWN_SIGNAL,
 )
+from pipeline.clean.clock import ClockHistory, judge_vehicle
 from pipeline.clean.config import CleaningConfig
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 
@@ -63,6 +65,7 @@ class ReferenceCleaner:
         self.gps_since: dict[str, float] = {}
         self.frames: dict[str, deque[tuple[int, int]]] = {}
         self.clock: dict[str, tuple[int, int]] = {}  # newest trusted (seq, sent_at) per vehicle
+        self.clock_offset: dict[str, tuple[int | None, int]] = {}  # open skew episode per vehicle
 
     def clean(self, readings: Readings, *, now_ms: int | None = None) -> ReferenceResult:
         cfg, cat = self.config, self.catalog
@@ -85,6 +88,9 @@ class ReferenceCleaner:
         outcome = [KEPT] * n
         value = [0.0] * n
         converted = [False] * n
+        skew_dropped, shifted = self._clock_skew(readings, sent_at, received_at)
+        times = [t - shifted.get(f, 0) for t, f in zip(times, frame_of, strict=True)]
+        sent_at = [s - shifted.get(f, 0) for f, s in enumerate(sent_at)]
 
         for i in range(n):
             name = names[signal[i]]
@@ -102,6 +108,9 @@ class ReferenceCleaner:
             value[i] = v
             if not math.isfinite(v):
                 outcome[i] = NON_FINITE
+                continue
+            if frame_of[i] in skew_dropped:
+                outcome[i] = CLOCK_SKEW
                 continue
             t = times[i]
             ingest = now_ms
@@ -147,7 +156,7 @@ class ReferenceCleaner:
                 newest: int | None = None
                 h_seq, h_sent = self.clock.get(vin, (None, None))
                 for f in fs:
-                    f_seq, f_sent, f_recv = int(frames.seq[f]), int(frames.sent_at[f]), received_at[f]
+                    f_seq, f_sent, f_recv = int(frames.seq[f]), sent_at[f], received_at[f]
                     if resent_frames[f] or (f_recv > 0 and f_sent > f_recv + cfg.time.max_future_vs_ingest_ms):
                         continue
                     reference = newest
@@ -212,11 +221,11 @@ class ReferenceCleaner:
             for i in kept:
                 late = any(j < i and times[j] > times[i] for j in kept)
                 late = late or (history is not None and times[i] < history[0])
-                if repaired_spike[i]:
-                    outcome[i] = REPAIRED if converted[i] else REPAIRED_SPIKE
-                elif converted[i]:
-                    outcome[i] = REPAIRED_UNIT
-                out.append((vin, name, times[i], value[i], repaired_spike[i] or converted[i], late))
+                fixes = [code for code, done in ((REPAIRED_SPIKE, repaired_spike[i]), (REPAIRED_UNIT, converted[i]),
+                                                 (REPAIRED_CLOCK, frame_of[i] in shifted)) if done]
+                if fixes:
+                    outcome[i] = fixes[0] if len(fixes) == 1 else REPAIRED
+                out.append((vin, name, times[i], value[i], bool(fixes), late))
             if kept and (history is None or times[kept[-1]] > history[0]):
                 self.last[(vin, name)] = (times[kept[-1]], value[kept[-1]])
         for vin, fkey in fresh:
@@ -224,6 +233,33 @@ class ReferenceCleaner:
         return ReferenceResult(outcome, out)
 
     # --- checks ------------------------------------------------------------------------------
+
+    def _clock_skew(self, readings: Readings, sent_at: list[int],
+                    received_at: list[int]) -> tuple[set[int], dict[int, int]]:
+        """Frames dropped for clock skew, and the shift of each repaired frame."""
+        cfg = self.config.time
+        frames = readings.frames
+        if cfg.max_clock_skew_s is None or not len(frames):
+            return set(), {}
+        by_vehicle: dict[str, list[int]] = {}
+        for f in range(len(frames)):
+            by_vehicle.setdefault(readings.vins[int(frames.vehicle[f])], []).append(f)
+        seq = [int(x) for x in frames.seq]
+        dropped: set[int] = set()
+        shifted: dict[int, int] = {}
+        for vin, fs in by_vehicle.items():
+            offset, offset_seq = self.clock_offset.get(vin, (None, -(2**63)))
+            trusted = self.clock.get(vin)
+            verdict = judge_vehicle(fs, seq, sent_at, received_at,
+                                    ClockHistory(offset, offset_seq, trusted[0] if trusted else None,
+                                                 trusted[1] if trusted else None),
+                                    int(cfg.max_clock_skew_s * 1000), cfg.clock_agree_ms,
+                                    cfg.max_clock_step_back_ms or 0)
+            dropped.update(verdict.dropped)
+            shifted.update(verdict.shift)
+            if verdict.history.offset is not None or vin in self.clock_offset:
+                self.clock_offset[vin] = (verdict.history.offset, verdict.history.offset_seq)
+        return dropped, shifted
 
     def _gps(self, series: dict[tuple[int, str], list[int]], vins: list[str], times: list[int],
              value: list[float], outcome: list[int]) -> None:

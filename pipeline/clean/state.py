@@ -28,7 +28,9 @@ class VehicleState:
     `stuck_v`/`stuck_start`/`stuck_n`/`stuck_t` per stuck signal (current run of equal
     values); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
     `gps_tail_n` of them) and `gps_since` (start of a jump still open); `clock_seq`/
-    `clock_sent` the newest trusted frame (vehicle clock checks); `frame_fp` ring of
+    `clock_sent` the newest trusted frame (vehicle clock checks); `clock_offset`/
+    `clock_offset_seq` the estimate of a clock skew episode still open and its newest seq
+    (NO_T: none); `frame_fp` ring of
     recent frame fingerprints with `frame_n` frames written so far; `seen` batch counter.
     """
 
@@ -46,6 +48,8 @@ class VehicleState:
     gps_since: npt.NDArray[np.int64]
     clock_seq: npt.NDArray[np.int64]
     clock_sent: npt.NDArray[np.int64]
+    clock_offset: npt.NDArray[np.int64]
+    clock_offset_seq: npt.NDArray[np.int64]
     frame_fp: npt.NDArray[np.int64]
     frame_n: npt.NDArray[np.int64]
     seen: npt.NDArray[np.int64]
@@ -87,6 +91,8 @@ class VehicleState:
             "gps_since": ((), np.int64, NO_T),
             "clock_seq": ((), np.int64, np.iinfo(np.int64).min),
             "clock_sent": ((), np.int64, NO_T),
+            "clock_offset": ((), np.int64, NO_T),
+            "clock_offset_seq": ((), np.int64, np.iinfo(np.int64).min),
             "frame_fp": ((max(self.frame_memory, 1),), np.int64, 0),
             "frame_n": ((), np.int64, 0),
             "seen": ((), np.int64, 0),
@@ -227,6 +233,9 @@ class VehicleState:
         self.gps_since[slots] = cols["gps_since"]
         self.clock_seq[slots] = cols["clock_seq"]
         self.clock_sent[slots] = cols["clock_sent"]
+        if "clock_offset" in cols:  # absent from blobs of workers before clock skew repair
+            self.clock_offset[slots] = cols["clock_offset"]
+            self.clock_offset_seq[slots] = cols["clock_offset_seq"]
         width = min(self.frame_fp.shape[1], cols["frame_fp"].shape[1])
         if width == cols["frame_fp"].shape[1] == self.frame_fp.shape[1]:
             self.frame_fp[slots] = cols["frame_fp"]

@@ -101,6 +101,9 @@ def test_time_checks_against_ingest(catalog) -> None:  # type: ignore[no-untyped
     assert set(outcomes(result)) == {"dropped.too_old"}
     ahead = [frame(VIN, 1, T0 + 3_600_000, {SPEED: ([T0 + 3_600_000], [1.0])}, received_at=T0)]
     result = cleaner(catalog).clean(readings_of(ahead))
+    assert outcomes(result) == ["dropped.clock_skew"]  # a lone frame from a clock an hour ahead
+    no_skew_check = load_cleaning_config().time.model_copy(update={"max_clock_skew_s": None})
+    result = cleaner(catalog, time=no_skew_check).clean(readings_of(ahead))
     assert outcomes(result) == ["dropped.future_timestamp"]
     # each frame is judged against its own ingest time; without one, against now_ms
     unstamped = [frame(VIN, 1, T0 + 3_600_000, {SPEED: ([T0 + 3_600_000], [1.0])}, received_at=0)]
