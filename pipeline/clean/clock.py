@@ -26,8 +26,9 @@ from dataclasses import dataclass
 class ClockHistory:
     """What one vehicle's earlier batches tell about its clock.
 
-    `offset`/`offset_seq`: the estimate of a skew episode still open and the seq of its
-    newest frame (None: no episode); `trusted_seq`/`trusted_sent`: the newest frame whose
+    `offset`/`offset_seq`: the offset of a skew episode still open (the estimate, or the
+    offset of a lone skewed frame that later frames may confirm) and the seq of its newest
+    frame (None: no episode); `trusted_seq`/`trusted_sent`: the newest frame whose
     clock was trusted (from the step-back check's history).
     """
 
@@ -51,6 +52,15 @@ def judge_vehicle(frames: Sequence[int], seq: Sequence[int], sent: Sequence[int]
     """Judge one vehicle's frames of a batch (indexes into seq/sent/received)."""
     order = sorted(frames, key=lambda f: (seq[f], f))
     offsets = {f: sent[f] - received[f] for f in order if received[f] > 0}
+    # frames that arrived after a frame sent later (higher seq): held back on the way
+    delayed: set[int] = set()
+    if any(offsets[f] < -max_skew_ms for f in offsets):
+        first_after = None  # earliest arrival among higher seqs, walking down the seqs
+        for f in reversed(order):
+            if first_after is not None and received[f] > first_after:
+                delayed.add(f)
+            if received[f] > 0:
+                first_after = received[f] if first_after is None else min(first_after, received[f])
     shift: dict[int, int] = {}
     dropped: list[int] = []
     offset, offset_seq = history.offset, history.offset_seq
@@ -69,13 +79,20 @@ def judge_vehicle(frames: Sequence[int], seq: Sequence[int], sent: Sequence[int]
         if o < 0 and not matches_episode:
             went_back = (trusted_seq is not None and trusted_sent is not None and seq[f] > trusted_seq
                          and sent[f] < trusted_sent - step_back_ms)
-            if not went_back:
+            # the same offset on a frame sent well apart: a clock, not a delay (frames held
+            # back and delivered late arrive together, their offsets as far apart as their
+            # send times)
+            persists = f not in delayed and any(
+                abs(offsets[g] - o) <= agree_ms and abs(sent[g] - sent[f]) > agree_ms
+                for g in order if g != f and g in offsets and g not in delayed)
+            if not (went_back or persists):
                 continue  # delivered late: its times are right
         agreeing = [offsets[g] for g in order if g != f and g in offsets and abs(offsets[g] - o) <= agree_ms]
         if matches_episode and offset is not None:
             agreeing.append(offset)
-        if not agreeing:
+        if not agreeing:  # alone: dropped, but the frames after it may confirm its offset
             dropped.append(f)
+            offset, offset_seq = o, max(offset_seq, seq[f])
             continue
         estimate = int(statistics.median([o, *agreeing]))
         shift[f] = estimate

@@ -77,6 +77,17 @@ def test_a_clock_behind_is_repaired_across_batches(catalog) -> None:  # type: ig
     assert outcomes(cleaner.clean(readings_of([skewed(5, 20, 0)]))) == ["kept"] * 5
 
 
+def test_a_clock_behind_from_the_first_frame_is_repaired(catalog) -> None:  # type: ignore[no-untyped-def]
+    # no history to go back against: the offset stays the same across frames sent 5 s
+    # apart, which no delivery delay does
+    batch = [skewed(1, 0, -13_000), skewed(2, 5, -13_000)]
+    result = Cleaner(catalog).clean(readings_of(batch))
+    assert outcomes(result) == ["repaired.clock_skew"] * 10
+    # frames delivered late in one backlog keep their times: their offsets differ
+    backlog = [skewed(1, 0, 0, delay_ms=9 * 60_000), skewed(2, 5, 0, delay_ms=9 * 60_000 - 4_990)]
+    assert outcomes(Cleaner(catalog).clean(readings_of(backlog))) == ["kept"] * 10
+
+
 def test_small_offsets_are_left_alone_and_the_check_can_be_off(catalog) -> None:  # type: ignore[no-untyped-def]
     batch = [skewed(1, 0, 0), skewed(2, 5, 3_000), skewed(3, 10, 3_000)]
     assert outcomes(Cleaner(catalog).clean(readings_of(batch))) == ["kept"] * 15
