@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from pipeline.batch import Readings
 from pipeline.clean.clock import ClockHistory, judge_vehicle
-from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule
+from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule, stuck_levels
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 from pipeline.clean.groups import (
     ranges,
@@ -194,6 +194,9 @@ class _SpikeParams:
         return p
 
 
+MEASURES = ("change", "integral", "integral_abs")
+
+
 @dataclass(slots=True)
 class _StuckParams:
     """Stuck rules as arrays by catalog signal (`slot_of` -1 = not checked)."""
@@ -203,9 +206,12 @@ class _StuckParams:
     min_count: IntArray
     ignore: dict[int, FloatArray]  # stuck slot -> resting values
     need: int  # equal neighbours in a row that the smallest min_count implies
+    against: dict[int, tuple[int, int, float, int]]  # stuck slot -> (reference signal, measure,
+    #                                                   min_reference, max_gap_ms)
+    level: IntArray  # by catalog signal: the pass its rule runs in (-1 = not checked)
 
     @classmethod
-    def of(cls, rules: list[tuple[int, StuckRule]], n_signals: int) -> _StuckParams:
+    def of(cls, rules: list[tuple[int, StuckRule]], references: list[int], n_signals: int) -> _StuckParams:
         slot_of = np.full(n_signals, -1, dtype=np.int64)
         for k, (s, _) in enumerate(rules):
             slot_of[s] = k
@@ -213,7 +219,40 @@ class _StuckParams:
                    np.asarray([r.min_count for _, r in rules], dtype=np.int64),
                    {k: np.asarray(r.ignore_values, dtype=np.float64)
                     for k, (_, r) in enumerate(rules) if r.ignore_values},
-                   min((r.min_count for _, r in rules), default=2) - 1)
+                   min((r.min_count for _, r in rules), default=2) - 1,
+                   {k: (ref, MEASURES.index(r.measure), r.min_reference, r.max_gap_ms)
+                    for k, ((_, r), ref) in enumerate(zip(rules, references, strict=True)) if ref >= 0},
+                   np.full(n_signals, -1, dtype=np.int64))
+
+
+@dataclass(slots=True)
+class _Reference:
+    """A stuck rule's reference signal in this batch: its measure at each of its readings.
+
+    `key`/`vehicle` locate the readings (sorted by vehicle, then time); `measure` is the
+    cumulated integral, or the value itself for `change`; `before` is the measure the
+    history held per batch vehicle (NaN: none).
+    """
+
+    key: IntArray
+    vehicle: npt.NDArray[np.int32]
+    measure: FloatArray
+    before: FloatArray
+    t_lo: int
+    span: int
+
+    def at(self, vehicle: npt.NDArray[np.int32], t: IntArray) -> FloatArray:
+        """The measure at the newest reference reading at or before each (vehicle, t)."""
+        out = self.before[vehicle]
+        if not self.key.size or not vehicle.size:
+            return out
+        q = vehicle.astype(np.int64) * self.span + np.clip(t - self.t_lo, -1, self.span - 1)
+        pos = np.searchsorted(self.key, q, side="right") - 1
+        ok = pos >= 0
+        ok[ok] = self.vehicle[pos[ok]] == vehicle[ok]
+        out = out.copy()
+        out[ok] = self.measure[pos[ok]]
+        return out
 
 
 class Cleaner:
@@ -275,7 +314,12 @@ class Cleaner:
             window: _SpikeParams.of([(s, r) for s, r in self.spikes if r.window == window],
                                     self.spikes, self.n_signals)
             for window in sorted({r.window for _, r in self.spikes})}
-        self.stuck_params = _StuckParams.of(self.stuck, self.n_signals)
+        self.stuck_params = _StuckParams.of(
+            self.stuck, [signal_index(rule.against, "stuck", name, "against") if rule.against else -1
+                         for name, rule in cfg.stuck.items()], self.n_signals)
+        for name, level in stuck_levels(dict(cfg.stuck)).items():
+            self.stuck_params.level[catalog.index[name]] = level
+        self.stuck_passes = sorted({int(x) for x in self.stuck_params.level if x >= 0})
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(
             names,
@@ -398,8 +442,8 @@ class Cleaner:
         clock.lap("gps")
         self._rate(rows)
         clock.lap("rate_of_change")
-        if self.stuck:
-            self._stuck(rows)
+        for level in self.stuck_passes:
+            self._stuck(rows, level)
         clock.lap("stuck")
 
         # --- outcome, output and history ---------------------------------------------------
@@ -971,15 +1015,68 @@ class Cleaner:
         if excursion.any():
             rows.code[idx[excursion]] = RATE_OF_CHANGE
 
-    def _stuck(self, rows: _Sorted) -> None:
+    def _references(self, rows: _Sorted, slots: list[int]) -> dict[int, _Reference]:
+        """The reference of every cross-checked stuck rule, and its history moved on.
+
+        Read before any stuck reading is dropped, so the order of the rules does not matter.
+        """
+        state = self.state
+        out: dict[int, _Reference] = {}
+        n_vehicles = rows.vslot.size
+        for k in slots:
+            sig, measure, _, max_gap = self.stuck_params.against[k]
+            before = state.ref_cum[rows.vslot, k].copy()
+            idx = self._alive_rows_of(rows, sig)
+            if not idx.size:
+                out[k] = _Reference(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0), before, 0, 1)
+                continue
+            veh, t, v = rows.vehicle[idx], rows.t[idx], rows.value[idx]
+            new = starts_of(veh)
+            first = np.flatnonzero(new)
+            count = np.diff(np.append(first, idx.size))
+            slot = rows.vslot[veh[first]]
+            h_t = state.ref_t[slot, k]
+            if measure == 0:  # change: the value itself
+                cum = v.copy()
+            else:
+                prev = np.empty_like(t)
+                prev[1:] = t[:-1]
+                prev[first] = np.where(h_t != NO_T, h_t, t[first])
+                dt = t - np.maximum(prev, np.repeat(h_t, count))
+                dt = np.where((dt < 0) | (dt > max_gap), 0, dt)
+                inc = (v if measure == 1 else np.abs(v)) * (dt / 1000.0)
+                run = np.cumsum(inc)
+                base = before[veh[first]]
+                base = np.where(np.isnan(base), 0.0, base)
+                cum = run - np.repeat(run[first] - inc[first] - base, count)
+            last = first + count - 1
+            newer = t[last] > h_t
+            state.ref_cum[slot[newer], k] = cum[last[newer]]
+            state.ref_t[slot[newer], k] = t[last[newer]]
+            t_lo = int(t.min())
+            span = int(t.max()) - t_lo + 2
+            if span * max(n_vehicles, 1) >= 2**62:  # times too far apart to pack with the vehicle
+                span = 2**62 // max(n_vehicles, 1)
+            key = veh.astype(np.int64) * span + np.minimum(t - t_lo, span - 1)
+            out[k] = _Reference(key, veh, cum, before, t_lo, span)
+        return out
+
+    def _stuck(self, rows: _Sorted, level: int) -> None:
         """Runs of one unchanged value that last too long (continued from history).
 
-        Only series that can hold such a run are worked out in full: those continuing a
-        run from the last batch, holding `min_count` equal readings in a row, or ending
-        in a repeat (whose run the next batch continues); the others just start a run.
+        A run is stuck once one of its readings has held for `min_duration_ms` and
+        `min_count` readings (and, for a cross-checked rule, the reference moved by
+        `min_reference` since the run began; rules run in passes, `stuck_levels`, so that
+        a reference is judged before it is trusted); then all its repeats in the batch are dropped,
+        and the run's later readings while it lasts. Only series that can hold such a run
+        are worked out in full: those continuing a run from the last batch, holding
+        `min_count` equal readings in a row, or ending in a repeat (whose run the next
+        batch continues); the others just start a run.
         """
         p = self.stuck_params
-        idx = rows.alive(rows.rows_of(np.flatnonzero(p.slot_of[rows.gsig] >= 0)))
+        idx = rows.alive(rows.rows_of(np.flatnonzero(p.level[rows.gsig] == level)))
+        checked = [k for k in p.against if p.level[self.stuck[k][0]] == level]
+        references = self._references(rows, checked) if checked else {}
         if not idx.size:
             return
         state = self.state
@@ -1007,6 +1104,12 @@ class Cleaner:
         state.stuck_start[us, uk] = t_last[easy]
         state.stuck_n[us, uk] = 1
         state.stuck_t[us, uk] = t_last[easy]
+        state.stuck_hit[us, uk] = False
+        state.stuck_ref0[us, uk] = np.nan
+        for kk, ref in references.items():  # the measure where the run of one began
+            at = np.flatnonzero(easy & (k == kk))
+            if at.size:
+                state.stuck_ref0[slot[at], kk] = ref.at(rows.vehicle[idx[last[at]]], t_last[at])
         if not full.any():
             return
         sel = np.flatnonzero(full)
@@ -1031,6 +1134,23 @@ class Cleaner:
         bad = (since >= p.min_duration_ms[row_k]) & (in_run >= p.min_count[row_k])
         for kk, values in p.ignore.items():  # signals with resting values (few)
             bad &= ~((row_k == kk) & np.isin(x, values))
+        run_ref0 = np.full(run_first.size, np.nan)
+        for kk, ref in references.items():  # cross-checked rules: the reference must have moved
+            at = np.flatnonzero(row_k == kk)
+            if not at.size:
+                continue
+            now = ref.at(rows.vehicle[sub[at]], t[at])
+            starts = at[new_run[at]]  # first reading of each run of this rule
+            run_ref0[run_of[starts]] = now[new_run[at]]
+            cont = first_run[(k == kk) & go_on]
+            run_ref0[cont] = state.stuck_ref0[slot[(k == kk) & go_on], kk]
+            with np.errstate(invalid="ignore"):
+                moved = np.abs(now - run_ref0[run_of[at]]) >= p.against[kk][2]
+            bad[at] &= moved
+        run_hit = np.zeros(run_first.size, dtype=bool)
+        run_hit[run_of[bad]] = True
+        run_hit[first_run[go_on]] |= state.stuck_hit[slot[go_on], k[go_on]]
+        bad = run_hit[run_of] & (in_run >= 2)
         rows.code[sub[bad]] = STUCK
         last = np.append(first[1:], sub.size) - 1
         newer = t[last] > state.stuck_t[slot, k]
@@ -1039,6 +1159,8 @@ class Cleaner:
         state.stuck_start[us, uk] = run_start[run_of[last]][newer]
         state.stuck_n[us, uk] = in_run[last][newer]
         state.stuck_t[us, uk] = t[last][newer]
+        state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
+        state.stuck_ref0[us, uk] = run_ref0[run_of[last]][newer]
 
     # --- result ----------------------------------------------------------------------------
 

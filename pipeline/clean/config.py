@@ -107,11 +107,51 @@ class SpikeRule(_Section):
 
 
 class StuckRule(_Section):
-    """Stuck-at detection of one signal."""
+    """Stuck-at detection of one signal, optionally cross-checked against another signal.
+
+    With `against`, a held run counts as stuck only once the reference signal (same
+    vehicle) shows activity of at least `min_reference` since the run began: `change`
+    |ref(t) - ref(start)|, `integral` |integral of ref dt| (seconds), `integral_abs` the
+    integral of |ref| dt. Gaps in the reference longer than `max_gap_ms` add nothing.
+    """
 
     min_duration_ms: int = Field(default=60_000, gt=0)
     min_count: int = Field(default=10, ge=2)
     ignore_values: tuple[float, ...] = ()
+    against: str | None = None
+    measure: Literal["change", "integral", "integral_abs"] = "change"
+    min_reference: float = Field(default=0.0, ge=0)
+    max_gap_ms: int = Field(default=5_000, gt=0)
+
+    @model_validator(mode="after")
+    def _reference_threshold(self) -> StuckRule:
+        if self.against is not None and self.min_reference <= 0:
+            raise ValueError("min_reference must be above 0 when the rule is checked against a signal")
+        return self
+
+
+def stuck_levels(stuck: dict[str, StuckRule]) -> dict[str, int]:
+    """The pass each stuck rule runs in: after the rule of the signal it is checked against.
+
+    A reference that is itself stuck must be dropped before it is trusted (a speed frozen at
+    30 km/h would otherwise make a parked car's motor speed look stuck when it unfreezes).
+    Rules checked against each other (current and power) run in config order.
+    """
+    level: dict[str, int] = {}
+
+    def of(name: str, seen: frozenset[str]) -> int:
+        if name in level:
+            return level[name]
+        if name in seen:
+            return -1
+        ref = stuck[name].against
+        found = 0 if ref is None or ref not in stuck else of(ref, seen | {name}) + 1
+        level[name] = found
+        return found
+
+    for name in stuck:
+        of(name, frozenset())
+    return level
 
 
 class Bounds(_Section):

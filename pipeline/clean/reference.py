@@ -60,7 +60,9 @@ class ReferenceCleaner:
         self.rate_exempt = set(cfg.rate_of_change.exempt)
         self.last: dict[tuple[str, str], tuple[int, float]] = {}
         self.tails: dict[tuple[str, str], tuple[deque[float], int]] = {}
-        self.runs: dict[tuple[str, str], tuple[float, int, int, int]] = {}  # value, start, n, t
+        # value, start, n, t, the reference's measure at the start, judged stuck
+        self.runs: dict[tuple[str, str], tuple[float, int, int, int, float | None, bool]] = {}
+        self.refs: dict[tuple[str, str], tuple[float, int]] = {}  # (vin, stuck signal) -> measure, t
         self.gps_tail: dict[str, list[tuple[float, float, float]]] = {}
         self.gps_since: dict[str, float] = {}
         self.frames: dict[str, deque[tuple[int, int]]] = {}
@@ -208,10 +210,14 @@ class ReferenceCleaner:
         self._gps(series, vins, times, value, outcome)
         for key in keys:
             self._rate(vins[key[0]], key[1], series[key], times, value, outcome)
+        measures = {(vins[key[0]], name): self._reference(vins[key[0]], name, rule, series, key[0], times,
+                                                          value, outcome)
+                    for name, rule in cfg.stuck.items() if rule.against for key in keys if key[1] == name}
         for name, stuck_rule in cfg.stuck.items():
             for key in keys:
                 if key[1] == name:
-                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome)
+                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
+                                measures.get((vins[key[0]], name)))
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
@@ -450,22 +456,80 @@ class ReferenceCleaner:
             if flagged[k]:
                 outcome[i] = RATE_OF_CHANGE
 
+    def _reference(self, vin: str, name: str, rule: Any, series: dict[tuple[int, str], list[int]],
+                   veh: int, times: list[int], value: list[float],
+                   outcome: list[int]) -> list[tuple[int, float | None]]:
+        """(t, measure) of the reference at each of its readings, history first (t = None)."""
+        hist = self.refs.get((vin, name))
+        cum: float | None = hist[0] if hist else None
+        hist_t = hist[1] if hist else None
+        points: list[tuple[int, float | None]] = [(-(2**63), cum)]
+        prev: int | None = hist_t
+        newest: tuple[float, int] | None = None
+        for i in series.get((veh, rule.against), []):
+            if outcome[i] != KEPT:
+                continue
+            t, v = times[i], value[i]
+            if rule.measure == "change":
+                measure: float | None = v
+            else:
+                start = t if prev is None else prev
+                if hist_t is not None:
+                    start = max(start, hist_t)
+                dt = t - start
+                if dt < 0 or dt > rule.max_gap_ms:
+                    dt = 0
+                step = (v if rule.measure == "integral" else abs(v)) * (dt / 1000.0)
+                cum = (0.0 if cum is None else cum) + step
+                measure = cum
+            prev = t
+            points.append((t, measure))
+            if (hist_t is None or t > hist_t) and measure is not None:
+                newest = (measure, t)
+        if newest is not None:
+            self.refs[(vin, name)] = newest
+        return points
+
     def _stuck(self, vin: str, name: str, rule: Any, rows: list[int], times: list[int],
-               value: list[float], outcome: list[int]) -> None:
+               value: list[float], outcome: list[int],
+               reference: list[tuple[int, float | None]] | None) -> None:
         alive = [i for i in rows if outcome[i] == KEPT]
         if not alive:
             return
+
+        def measure_at(t: int) -> float | None:
+            if reference is None:
+                return None
+            found = reference[0][1]
+            for rt, m in reference[1:]:
+                if rt <= t:
+                    found = m
+            return found
+
         run = self.runs.get((vin, name))
+        members: list[int] = []
         if run is not None and value[alive[0]] == run[0] and times[alive[0]] > run[3]:
-            current, start, count = run[0], run[1], run[2]
+            current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
         else:
             current, start, count = value[alive[0]], times[alive[0]], 0
+            ref0, hit = measure_at(times[alive[0]]), False
         for i in alive:
             if value[i] != current:
                 current, start, count = value[i], times[i], 0
+                ref0, hit = measure_at(times[i]), False
+                members = []
             count += 1
-            if (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
-                    and value[i] not in rule.ignore_values):
-                outcome[i] = STUCK
+            if count >= 2:
+                members.append(i)
+            held = (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
+                    and value[i] not in rule.ignore_values)
+            if held and rule.against:
+                now = measure_at(times[i])
+                held = now is not None and ref0 is not None and abs(now - ref0) >= rule.min_reference
+            hit = hit or held
+            if hit:
+                for j in members:
+                    outcome[j] = STUCK
         if run is None or times[alive[-1]] > run[3]:
-            self.runs[(vin, name)] = (current, start, count, times[alive[-1]])
+            self.runs[(vin, name)] = (current, start, count, times[alive[-1]],
+                                      ref0 if rule.against else None, hit)
