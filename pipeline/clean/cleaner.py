@@ -205,7 +205,6 @@ class _StuckParams:
     min_duration_ms: IntArray  # by stuck slot
     min_count: IntArray
     ignore: dict[int, FloatArray]  # stuck slot -> resting values
-    need: int  # equal neighbours in a row that the smallest min_count implies
     against: dict[int, tuple[int, int, float, int]]  # stuck slot -> (reference signal, measure,
     #                                                   min_reference, max_gap_ms)
     level: IntArray  # by catalog signal: the pass its rule runs in (-1 = not checked)
@@ -219,7 +218,6 @@ class _StuckParams:
                    np.asarray([r.min_count for _, r in rules], dtype=np.int64),
                    {k: np.asarray(r.ignore_values, dtype=np.float64)
                     for k, (_, r) in enumerate(rules) if r.ignore_values},
-                   min((r.min_count for _, r in rules), default=2) - 1,
                    {k: (ref, MEASURES.index(r.measure), r.min_reference, r.max_gap_ms)
                     for k, ((_, r), ref) in enumerate(zip(rules, references, strict=True)) if ref >= 0},
                    np.full(n_signals, -1, dtype=np.int64))
@@ -1091,10 +1089,10 @@ class Cleaner:
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
-        run = eq.copy()  # `need` equal neighbours in a row end here
-        for s in range(1, p.need):
-            run[s:] &= eq[:-s]
-            run[:s] = False
+        # equal neighbours in a row ending here, against the rule's min_count - 1
+        pos = np.arange(m)
+        streak = pos - np.maximum.accumulate(np.where(eq, 0, pos))
+        run = streak >= np.repeat(p.min_count[k] - 1, np.diff(np.append(first, m)))
         full = go_on | eq[last] | (np.add.reduceat(run, first) > 0)
         t_last = rows.t[idx[last]]
         newer = t_last > state.stuck_t[slot, k]
