@@ -225,30 +225,32 @@ class _StuckParams:
 
 @dataclass(slots=True)
 class _Reference:
-    """A stuck rule's reference signal in this batch: its measure at each of its readings.
+    """A stuck rule's reference signal in this batch, for some vehicles: its measure at each
+    of its readings (sorted by vehicle, then time).
 
-    `key`/`vehicle` locate the readings (sorted by vehicle, then time); `measure` is the
-    cumulated integral, or the value itself for `change`; `before` is the measure the
-    history held per batch vehicle (NaN: none).
+    The measure is the value itself for `change`, else the integral from the vehicle's
+    first reference reading of the batch (0 there). Before a vehicle's first reading it is
+    0 for an integral and unknown (NaN) for `change`.
     """
 
     key: IntArray
     vehicle: npt.NDArray[np.int32]
     measure: FloatArray
-    before: FloatArray
+    first: FloatArray  # per batch vehicle: the measure at its first reference reading
+    last: FloatArray  # per batch vehicle: the measure at its newest reference reading
     t_lo: int
     span: int
+    integral: bool
 
     def at(self, vehicle: npt.NDArray[np.int32], t: IntArray) -> FloatArray:
         """The measure at the newest reference reading at or before each (vehicle, t)."""
-        out = self.before[vehicle]
+        out = np.full(vehicle.size, 0.0 if self.integral else np.nan)
         if not self.key.size or not vehicle.size:
             return out
         q = vehicle.astype(np.int64) * self.span + np.clip(t - self.t_lo, -1, self.span - 1)
         pos = np.searchsorted(self.key, q, side="right") - 1
         ok = pos >= 0
         ok[ok] = self.vehicle[pos[ok]] == vehicle[ok]
-        out = out.copy()
         out[ok] = self.measure[pos[ok]]
         return out
 
@@ -1013,51 +1015,40 @@ class Cleaner:
         if excursion.any():
             rows.code[idx[excursion]] = RATE_OF_CHANGE
 
-    def _references(self, rows: _Sorted, slots: list[int]) -> dict[int, _Reference]:
-        """The reference of every cross-checked stuck rule, and its history moved on.
-
-        Read before any stuck reading is dropped, so the order of the rules does not matter.
-        """
-        state = self.state
-        out: dict[int, _Reference] = {}
+    def _reference(self, rows: _Sorted, k: int, vehicles: npt.NDArray[np.int32]) -> _Reference:
+        """The reference of stuck rule `k` for these batch vehicles (sorted, distinct)."""
+        sig, measure, _, max_gap = self.stuck_params.against[k]
         n_vehicles = rows.vslot.size
-        for k in slots:
-            sig, measure, _, max_gap = self.stuck_params.against[k]
-            before = state.ref_cum[rows.vslot, k].copy()
-            idx = self._alive_rows_of(rows, sig)
-            if not idx.size:
-                out[k] = _Reference(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0), before, 0, 1)
-                continue
-            veh, t, v = rows.vehicle[idx], rows.t[idx], rows.value[idx]
-            new = starts_of(veh)
-            first = np.flatnonzero(new)
-            count = np.diff(np.append(first, idx.size))
-            slot = rows.vslot[veh[first]]
-            h_t = state.ref_t[slot, k]
-            if measure == 0:  # change: the value itself
-                cum = v.copy()
-            else:
-                prev = np.empty_like(t)
-                prev[1:] = t[:-1]
-                prev[first] = np.where(h_t != NO_T, h_t, t[first])
-                dt = t - np.maximum(prev, np.repeat(h_t, count))
-                dt = np.where((dt < 0) | (dt > max_gap), 0, dt)
-                inc = (v if measure == 1 else np.abs(v)) * (dt / 1000.0)
-                run = np.cumsum(inc)
-                base = before[veh[first]]
-                base = np.where(np.isnan(base), 0.0, base)
-                cum = run - np.repeat(run[first] - inc[first] - base, count)
-            last = first + count - 1
-            newer = t[last] > h_t
-            state.ref_cum[slot[newer], k] = cum[last[newer]]
-            state.ref_t[slot[newer], k] = t[last[newer]]
-            t_lo = int(t.min())
-            span = int(t.max()) - t_lo + 2
-            if span * max(n_vehicles, 1) >= 2**62:  # times too far apart to pack with the vehicle
-                span = 2**62 // max(n_vehicles, 1)
-            key = veh.astype(np.int64) * span + np.minimum(t - t_lo, span - 1)
-            out[k] = _Reference(key, veh, cum, before, t_lo, span)
-        return out
+        first_m = np.full(n_vehicles, 0.0 if measure else np.nan)
+        last_m = first_m.copy()
+        heads = rows.gkey[rows.gstart]
+        want = (vehicles.astype(np.int64) << self.signal_bits) | sig
+        g = np.minimum(np.searchsorted(heads, want), heads.size - 1)
+        idx = rows.alive(rows.rows_of(g[heads[g] == want])) if heads.size else np.empty(0, np.int64)
+        if not idx.size:
+            return _Reference(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0), first_m, last_m,
+                              0, 1, measure != 0)
+        veh, t, v = rows.vehicle[idx], rows.t[idx], rows.value[idx]
+        new = starts_of(veh)
+        first = np.flatnonzero(new)
+        count = np.diff(np.append(first, idx.size))
+        if measure == 0:  # change: the value itself
+            cum = v
+        else:
+            dt = np.zeros(t.size, dtype=np.int64)
+            dt[1:] = np.diff(t)
+            dt[new | (dt > max_gap)] = 0
+            inc = (v if measure == 1 else np.abs(v)) * (dt / 1000.0)
+            run = np.cumsum(inc)
+            cum = run - np.repeat(run[first], count)
+        first_m[veh[first]] = cum[first]
+        last_m[veh[first]] = cum[first + count - 1]
+        t_lo = int(t.min())
+        span = int(t.max()) - t_lo + 2
+        if span * max(n_vehicles, 1) >= 2**62:  # times too far apart to pack with the vehicle
+            span = 2**62 // max(n_vehicles, 1)
+        key = veh.astype(np.int64) * span + np.minimum(t - t_lo, span - 1)
+        return _Reference(key, veh, cum, first_m, last_m, t_lo, span, measure != 0)
 
     def _stuck(self, rows: _Sorted, level: int) -> None:
         """Runs of one unchanged value that last too long (continued from history).
@@ -1073,8 +1064,6 @@ class Cleaner:
         """
         p = self.stuck_params
         idx = rows.alive(rows.rows_of(np.flatnonzero(p.level[rows.gsig] == level)))
-        checked = [k for k in p.against if p.level[self.stuck[k][0]] == level]
-        references = self._references(rows, checked) if checked else {}
         if not idx.size:
             return
         state = self.state
@@ -1089,10 +1078,19 @@ class Cleaner:
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
+        size = np.diff(np.append(first, m))
+        resting = [(kk, values) for kk, values in p.ignore.items() if p.level[self.stuck[kk][0]] == level]
+        if resting:  # runs of a resting value are never stuck: no need to work them out
+            rk = np.repeat(k, size)
+            at_rest = np.zeros(m, dtype=bool)
+            for kk, values in resting:
+                at_rest |= (rk == kk) & np.isin(x, values)
+            eq &= ~at_rest
+            go_on &= ~at_rest[first]
         # equal neighbours in a row ending here, against the rule's min_count - 1
         pos = np.arange(m)
         streak = pos - np.maximum.accumulate(np.where(eq, 0, pos))
-        run = streak >= np.repeat(p.min_count[k] - 1, np.diff(np.append(first, m)))
+        run = streak >= np.repeat(p.min_count[k] - 1, size)
         full = go_on | eq[last] | (np.add.reduceat(run, first) > 0)
         t_last = rows.t[idx[last]]
         newer = t_last > state.stuck_t[slot, k]
@@ -1103,11 +1101,7 @@ class Cleaner:
         state.stuck_n[us, uk] = 1
         state.stuck_t[us, uk] = t_last[easy]
         state.stuck_hit[us, uk] = False
-        state.stuck_ref0[us, uk] = np.nan
-        for kk, ref in references.items():  # the measure where the run of one began
-            at = np.flatnonzero(easy & (k == kk))
-            if at.size:
-                state.stuck_ref0[slot[at], kk] = ref.at(rows.vehicle[idx[last[at]]], t_last[at])
+        state.stuck_ref0[us, uk] = np.nan  # a run of one: the next batch measures from its start
         if not full.any():
             return
         sel = np.flatnonzero(full)
@@ -1133,18 +1127,26 @@ class Cleaner:
         for kk, values in p.ignore.items():  # signals with resting values (few)
             bad &= ~((row_k == kk) & np.isin(x, values))
         run_ref0 = np.full(run_first.size, np.nan)
-        for kk, ref in references.items():  # cross-checked rules: the reference must have moved
-            at = np.flatnonzero(row_k == kk)
-            if not at.size:
+        veh_g = rows.vehicle[sub[first]]
+        ref_next = np.full(first.size, np.nan)  # per series: what the next batch starts from
+        for kk in p.against:  # cross-checked rules: the reference must have moved
+            series = np.flatnonzero(k == kk)
+            if not series.size:
                 continue
+            ref = self._reference(rows, kk, np.unique(veh_g[series]))
+            at = ranges(first[series], count[series])
             now = ref.at(rows.vehicle[sub[at]], t[at])
             starts = at[new_run[at]]  # first reading of each run of this rule
             run_ref0[run_of[starts]] = now[new_run[at]]
-            cont = first_run[(k == kk) & go_on]
-            run_ref0[cont] = state.stuck_ref0[slot[(k == kk) & go_on], kk]
+            cont = series[go_on[series]]  # runs from history: measured from where it left off
+            stored = state.stuck_ref0[slot[cont], kk]
+            run_ref0[first_run[cont]] = np.where(np.isnan(stored), ref.first[veh_g[cont]], stored)
             with np.errstate(invalid="ignore"):
                 moved = np.abs(now - run_ref0[run_of[at]]) >= p.against[kk][2]
             bad[at] &= moved
+            # integrals: the next batch's measure starts at 0, so keep the start relative to it
+            end = run_ref0[run_of[first[series] + count[series] - 1]]
+            ref_next[series] = end - ref.last[veh_g[series]] if ref.integral else end
         run_hit = np.zeros(run_first.size, dtype=bool)
         run_hit[run_of[bad]] = True
         run_hit[first_run[go_on]] |= state.stuck_hit[slot[go_on], k[go_on]]
@@ -1158,7 +1160,7 @@ class Cleaner:
         state.stuck_n[us, uk] = in_run[last][newer]
         state.stuck_t[us, uk] = t[last][newer]
         state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
-        state.stuck_ref0[us, uk] = run_ref0[run_of[last]][newer]
+        state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
 
     # --- result ----------------------------------------------------------------------------
 

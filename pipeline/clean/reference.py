@@ -38,7 +38,7 @@ from pipeline.clean.cleaner import (
     UNKNOWN_SIGNAL,
 )
 from pipeline.clean.clock import ClockHistory, judge_vehicle
-from pipeline.clean.config import CleaningConfig
+from pipeline.clean.config import CleaningConfig, stuck_levels
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 
 
@@ -62,7 +62,6 @@ class ReferenceCleaner:
         self.tails: dict[tuple[str, str], tuple[deque[float], int]] = {}
         # value, start, n, t, the reference's measure at the start, judged stuck
         self.runs: dict[tuple[str, str], tuple[float, int, int, int, float | None, bool]] = {}
-        self.refs: dict[tuple[str, str], tuple[float, int]] = {}  # (vin, stuck signal) -> measure, t
         self.gps_tail: dict[str, list[tuple[float, float, float]]] = {}
         self.gps_since: dict[str, float] = {}
         self.frames: dict[str, deque[tuple[int, int]]] = {}
@@ -210,14 +209,16 @@ class ReferenceCleaner:
         self._gps(series, vins, times, value, outcome)
         for key in keys:
             self._rate(vins[key[0]], key[1], series[key], times, value, outcome)
-        measures = {(vins[key[0]], name): self._reference(vins[key[0]], name, rule, series, key[0], times,
-                                                          value, outcome)
-                    for name, rule in cfg.stuck.items() if rule.against for key in keys if key[1] == name}
-        for name, stuck_rule in cfg.stuck.items():
-            for key in keys:
-                if key[1] == name:
-                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
-                                measures.get((vins[key[0]], name)))
+        levels = stuck_levels(dict(cfg.stuck))
+        for level in sorted(set(levels.values())):  # a reference is judged before it is trusted
+            rules = {name: rule for name, rule in cfg.stuck.items() if levels[name] == level}
+            measures = {(vins[key[0]], name): self._reference(rule, series, key[0], times, value, outcome)
+                        for name, rule in rules.items() if rule.against for key in keys if key[1] == name}
+            for name, stuck_rule in rules.items():
+                for key in keys:
+                    if key[1] == name:
+                        self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
+                                    measures.get((vins[key[0]], name)))
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
@@ -456,52 +457,40 @@ class ReferenceCleaner:
             if flagged[k]:
                 outcome[i] = RATE_OF_CHANGE
 
-    def _reference(self, vin: str, name: str, rule: Any, series: dict[tuple[int, str], list[int]],
-                   veh: int, times: list[int], value: list[float],
-                   outcome: list[int]) -> list[tuple[int, float | None]]:
-        """(t, measure) of the reference at each of its readings, history first (t = None)."""
-        hist = self.refs.get((vin, name))
-        cum: float | None = hist[0] if hist else None
-        hist_t = hist[1] if hist else None
-        points: list[tuple[int, float | None]] = [(-(2**63), cum)]
-        prev: int | None = hist_t
-        newest: tuple[float, int] | None = None
+    def _reference(self, rule: Any, series: dict[tuple[int, str], list[int]], veh: int, times: list[int],
+                   value: list[float], outcome: list[int]) -> list[tuple[int, float]]:
+        """(t, measure) at each of the vehicle's reference readings in this batch, in time order.
+
+        The measure is the value for `change`, else the integral since the first reading.
+        """
+        points: list[tuple[int, float]] = []
+        cum = 0.0
+        prev: int | None = None
         for i in series.get((veh, rule.against), []):
             if outcome[i] != KEPT:
                 continue
             t, v = times[i], value[i]
             if rule.measure == "change":
-                measure: float | None = v
-            else:
-                start = t if prev is None else prev
-                if hist_t is not None:
-                    start = max(start, hist_t)
-                dt = t - start
-                if dt < 0 or dt > rule.max_gap_ms:
-                    dt = 0
-                step = (v if rule.measure == "integral" else abs(v)) * (dt / 1000.0)
-                cum = (0.0 if cum is None else cum) + step
-                measure = cum
+                points.append((t, v))
+                continue
+            dt = 0 if prev is None or t - prev > rule.max_gap_ms else t - prev
+            cum += (v if rule.measure == "integral" else abs(v)) * (dt / 1000.0)
             prev = t
-            points.append((t, measure))
-            if (hist_t is None or t > hist_t) and measure is not None:
-                newest = (measure, t)
-        if newest is not None:
-            self.refs[(vin, name)] = newest
+            points.append((t, cum))
         return points
 
     def _stuck(self, vin: str, name: str, rule: Any, rows: list[int], times: list[int],
-               value: list[float], outcome: list[int],
-               reference: list[tuple[int, float | None]] | None) -> None:
+               value: list[float], outcome: list[int], reference: list[tuple[int, float]] | None) -> None:
         alive = [i for i in rows if outcome[i] == KEPT]
         if not alive:
             return
+        integral = rule.measure != "change"
 
         def measure_at(t: int) -> float | None:
             if reference is None:
                 return None
-            found = reference[0][1]
-            for rt, m in reference[1:]:
+            found: float | None = 0.0 if integral else None
+            for rt, m in reference:
                 if rt <= t:
                     found = m
             return found
@@ -510,6 +499,8 @@ class ReferenceCleaner:
         members: list[int] = []
         if run is not None and value[alive[0]] == run[0] and times[alive[0]] > run[3]:
             current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
+            if ref0 is None and reference is not None:  # measured from this batch's first reading
+                ref0 = 0.0 if integral else (reference[0][1] if reference else None)
         else:
             current, start, count = value[alive[0]], times[alive[0]], 0
             ref0, hit = measure_at(times[alive[0]]), False
@@ -531,5 +522,8 @@ class ReferenceCleaner:
                 for j in members:
                     outcome[j] = STUCK
         if run is None or times[alive[-1]] > run[3]:
-            self.runs[(vin, name)] = (current, start, count, times[alive[-1]],
-                                      ref0 if rule.against else None, hit)
+            carried = None  # a run of one: the next batch measures from its first reading
+            if rule.against and count > 1 and ref0 is not None:
+                # an integral starts again at 0 next batch: keep the start relative to it
+                carried = ref0 - (reference[-1][1] if reference else 0.0) if integral else ref0
+            self.runs[(vin, name)] = (current, start, count, times[alive[-1]], carried, hit)

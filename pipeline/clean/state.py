@@ -26,9 +26,10 @@ class VehicleState:
     Columns: `last_t`/`last_v` per catalog signal (last reading that left the cleaner);
     `tail_v`/`tail_n`/`tail_t` per Hampel signal (right-aligned window tail);
     `stuck_v`/`stuck_start`/`stuck_n`/`stuck_t` per stuck signal (current run of equal
-    values), with `stuck_ref0` (the reference's measure when the run began) and
-    `stuck_hit` (the run was judged stuck); `ref_cum`/`ref_t` per stuck signal checked
-    against another: the reference's measure at its newest reading, and that reading's time; `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
+    values), with `stuck_ref0` (for a cross-checked rule, where the reference's measure
+    started for the run: its value, or for an integral the start relative to the next
+    batch's first reference reading; NaN: from that reading) and `stuck_hit` (the run was
+    judged stuck); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
     `gps_tail_n` of them) and `gps_since` (start of a jump still open); `clock_seq`/
     `clock_sent` the newest trusted frame (vehicle clock checks); `clock_offset`/
     `clock_offset_seq` the estimate of a clock skew episode still open and its newest seq
@@ -47,8 +48,6 @@ class VehicleState:
     stuck_t: npt.NDArray[np.int64]
     stuck_ref0: npt.NDArray[np.float64]
     stuck_hit: npt.NDArray[np.bool_]
-    ref_cum: npt.NDArray[np.float64]
-    ref_t: npt.NDArray[np.int64]
     gps_tail: npt.NDArray[np.float64]
     gps_tail_n: npt.NDArray[np.int32]
     gps_since: npt.NDArray[np.int64]
@@ -94,8 +93,6 @@ class VehicleState:
             "stuck_t": ((n_st,), np.int64, NO_T),
             "stuck_ref0": ((n_st,), np.float64, np.nan),
             "stuck_hit": ((n_st,), np.bool_, False),
-            "ref_cum": ((n_st,), np.float64, np.nan),
-            "ref_t": ((n_st,), np.int64, NO_T),
             "gps_tail": ((self.gps_width, 3), np.float64, np.nan),
             "gps_tail_n": ((), np.int32, 0),
             "gps_since": ((), np.int64, NO_T),
@@ -226,8 +223,8 @@ class VehicleState:
         groups = {
             "signal_names": (("last_t", "last_v"), self.signal_names),
             "hampel_signals": (("tail_v", "tail_n", "tail_t"), self.hampel_signals),
-            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t", "stuck_ref0", "stuck_hit",
-                               "ref_cum", "ref_t"), self.stuck_signals),
+            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t", "stuck_ref0", "stuck_hit"),
+                              self.stuck_signals),
         }
         for key, (names, mine) in groups.items():
             src, dst = remap([str(n) for n in cols[key]], mine)
