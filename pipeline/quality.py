@@ -60,16 +60,27 @@ REPAIR_TARGETS: dict[str, float] = {"clock_skew": 0.95}
 SMALL_SKEW_MS = 10_000
 # Stuck readings this close to the truth (share of the signal's range) are `stuck_small`.
 SMALL_STUCK_SHARE = 0.005
-# Signal classes the stuck targets are judged on: the signals a cross-check (or, for
-# inertial sensors, their noise) lets the cleaner tell a stuck sensor from a real hold.
+# Signal classes the stuck targets are judged on, by what the signals measure (every
+# catalog signal of the kind, whether a check covers it or not).
 SIGNAL_CLASSES: dict[str, tuple[str, ...]] = {
     "inertial": ("Vehicle.Acceleration.Longitudinal", "Vehicle.Acceleration.Lateral",
                  "Vehicle.Acceleration.Vertical", "Vehicle.AngularVelocity.Yaw"),
-    "speed": ("Vehicle.Speed", "Vehicle.Powertrain.ElectricMotor.Speed", "Vehicle.TraveledDistance"),
+    "speed": ("Vehicle.Speed", "Vehicle.TraveledDistance", "Vehicle.Powertrain.ElectricMotor.Speed",
+              "Vehicle.Powertrain.CombustionEngine.Speed"),
     "energy": ("Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+               "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed",
+               "Vehicle.Powertrain.TractionBattery.CurrentVoltage",
                "Vehicle.Powertrain.TractionBattery.CurrentCurrent",
-               "Vehicle.Powertrain.TractionBattery.CurrentPower"),
-    "temperature": ("Vehicle.Powertrain.TractionBattery.Temperature.Average",),
+               "Vehicle.Powertrain.TractionBattery.CurrentPower",
+               "Vehicle.Powertrain.TractionBattery.Charging.ChargeRate",
+               "Vehicle.Powertrain.TractionBattery.Charging.ChargeCurrent.DC",
+               "Vehicle.Powertrain.TractionBattery.Charging.ChargeVoltage.DC",
+               "Vehicle.LowVoltageBattery.CurrentVoltage", "Vehicle.Powertrain.FuelSystem.RelativeLevel",
+               "Vehicle.Powertrain.Range"),
+    "temperature": ("Vehicle.Exterior.AirTemperature", "Vehicle.Cabin.HVAC.AmbientAirTemperature",
+                    "Vehicle.Powertrain.TractionBattery.Temperature.Average",
+                    "Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature",
+                    "Vehicle.Powertrain.CombustionEngine.EngineOil.Temperature"),
 }
 # A class target is judged on at least this many faulty readings (fewer: missed).
 MIN_CLASS_CASES = 100
