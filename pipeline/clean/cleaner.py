@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from pipeline.batch import Readings
 from pipeline.clean.clock import ClockHistory, judge_vehicle
-from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule, stuck_levels
+from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 from pipeline.clean.groups import (
     ranges,
@@ -205,9 +205,12 @@ class _StuckParams:
     min_duration_ms: IntArray  # by stuck slot
     min_count: IntArray
     ignore: dict[int, FloatArray]  # stuck slot -> resting values
-    against: dict[int, tuple[int, int, float, int]]  # stuck slot -> (reference signal, measure,
-    #                                                   min_reference, max_gap_ms)
-    level: IntArray  # by catalog signal: the pass its rule runs in (-1 = not checked)
+    # cross-checks by stuck slot: reference signal (-1: none), measure (index into
+    # MEASURES), min_reference, max_gap_ms
+    ref_sig: IntArray
+    measure: IntArray
+    min_reference: FloatArray
+    max_gap_ms: IntArray
 
     @classmethod
     def of(cls, rules: list[tuple[int, StuckRule]], references: list[int], n_signals: int) -> _StuckParams:
@@ -218,41 +221,10 @@ class _StuckParams:
                    np.asarray([r.min_count for _, r in rules], dtype=np.int64),
                    {k: np.asarray(r.ignore_values, dtype=np.float64)
                     for k, (_, r) in enumerate(rules) if r.ignore_values},
-                   {k: (ref, MEASURES.index(r.measure), r.min_reference, r.max_gap_ms)
-                    for k, ((_, r), ref) in enumerate(zip(rules, references, strict=True)) if ref >= 0},
-                   np.full(n_signals, -1, dtype=np.int64))
-
-
-@dataclass(slots=True)
-class _Reference:
-    """A stuck rule's reference signal in this batch, for some vehicles: its measure at each
-    of its readings (sorted by vehicle, then time).
-
-    The measure is the value itself for `change`, else the integral from the vehicle's
-    first reference reading of the batch (0 there). Before a vehicle's first reading it is
-    0 for an integral and unknown (NaN) for `change`.
-    """
-
-    key: IntArray
-    vehicle: npt.NDArray[np.int32]
-    measure: FloatArray
-    first: FloatArray  # per batch vehicle: the measure at its first reference reading
-    last: FloatArray  # per batch vehicle: the measure at its newest reference reading
-    t_lo: int
-    span: int
-    integral: bool
-
-    def at(self, vehicle: npt.NDArray[np.int32], t: IntArray) -> FloatArray:
-        """The measure at the newest reference reading at or before each (vehicle, t)."""
-        out = np.full(vehicle.size, 0.0 if self.integral else np.nan)
-        if not self.key.size or not vehicle.size:
-            return out
-        q = vehicle.astype(np.int64) * self.span + np.clip(t - self.t_lo, -1, self.span - 1)
-        pos = np.searchsorted(self.key, q, side="right") - 1
-        ok = pos >= 0
-        ok[ok] = self.vehicle[pos[ok]] == vehicle[ok]
-        out[ok] = self.measure[pos[ok]]
-        return out
+                   np.asarray(references, dtype=np.int64).reshape(-1),
+                   np.asarray([MEASURES.index(r.measure) for _, r in rules], dtype=np.int64),
+                   np.asarray([r.min_reference for _, r in rules], dtype=np.float64),
+                   np.asarray([r.max_gap_ms for _, r in rules], dtype=np.int64))
 
 
 class Cleaner:
@@ -317,9 +289,7 @@ class Cleaner:
         self.stuck_params = _StuckParams.of(
             self.stuck, [signal_index(rule.against, "stuck", name, "against") if rule.against else -1
                          for name, rule in cfg.stuck.items()], self.n_signals)
-        for name, level in stuck_levels(dict(cfg.stuck)).items():
-            self.stuck_params.level[catalog.index[name]] = level
-        self.stuck_passes = sorted({int(x) for x in self.stuck_params.level if x >= 0})
+
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(
             names,
@@ -442,8 +412,8 @@ class Cleaner:
         clock.lap("gps")
         self._rate(rows)
         clock.lap("rate_of_change")
-        for level in self.stuck_passes:
-            self._stuck(rows, level)
+        if self.stuck:
+            self._stuck(rows)
         clock.lap("stuck")
 
         # --- outcome, output and history ---------------------------------------------------
@@ -1015,55 +985,20 @@ class Cleaner:
         if excursion.any():
             rows.code[idx[excursion]] = RATE_OF_CHANGE
 
-    def _reference(self, rows: _Sorted, k: int, vehicles: npt.NDArray[np.int32]) -> _Reference:
-        """The reference of stuck rule `k` for these batch vehicles (sorted, distinct)."""
-        sig, measure, _, max_gap = self.stuck_params.against[k]
-        n_vehicles = rows.vslot.size
-        first_m = np.full(n_vehicles, 0.0 if measure else np.nan)
-        last_m = first_m.copy()
-        heads = rows.gkey[rows.gstart]
-        want = (vehicles.astype(np.int64) << self.signal_bits) | sig
-        g = np.minimum(np.searchsorted(heads, want), heads.size - 1)
-        idx = rows.alive(rows.rows_of(g[heads[g] == want])) if heads.size else np.empty(0, np.int64)
-        if not idx.size:
-            return _Reference(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0), first_m, last_m,
-                              0, 1, measure != 0)
-        veh, t, v = rows.vehicle[idx], rows.t[idx], rows.value[idx]
-        new = starts_of(veh)
-        first = np.flatnonzero(new)
-        count = np.diff(np.append(first, idx.size))
-        if measure == 0:  # change: the value itself
-            cum = v
-        else:
-            dt = np.zeros(t.size, dtype=np.int64)
-            dt[1:] = np.diff(t)
-            dt[new | (dt > max_gap)] = 0
-            inc = (v if measure == 1 else np.abs(v)) * (dt / 1000.0)
-            run = np.cumsum(inc)
-            cum = run - np.repeat(run[first], count)
-        first_m[veh[first]] = cum[first]
-        last_m[veh[first]] = cum[first + count - 1]
-        t_lo = int(t.min())
-        span = int(t.max()) - t_lo + 2
-        if span * max(n_vehicles, 1) >= 2**62:  # times too far apart to pack with the vehicle
-            span = 2**62 // max(n_vehicles, 1)
-        key = veh.astype(np.int64) * span + np.minimum(t - t_lo, span - 1)
-        return _Reference(key, veh, cum, first_m, last_m, t_lo, span, measure != 0)
-
-    def _stuck(self, rows: _Sorted, level: int) -> None:
+    def _stuck(self, rows: _Sorted) -> None:
         """Runs of one unchanged value that last too long (continued from history).
 
         A run is stuck once one of its readings has held for `min_duration_ms` and
         `min_count` readings (and, for a cross-checked rule, the reference moved by
-        `min_reference` since the run began; rules run in passes, `stuck_levels`, so that
-        a reference is judged before it is trusted); then all its repeats in the batch are dropped,
+        `min_reference` since the run began: its readings as they arrived, before this
+        check, measured within the batch); then all its repeats in the batch are dropped,
         and the run's later readings while it lasts. Only series that can hold such a run
         are worked out in full: those continuing a run from the last batch, holding
         `min_count` equal readings in a row, or ending in a repeat (whose run the next
         batch continues); the others just start a run.
         """
         p = self.stuck_params
-        idx = rows.alive(rows.rows_of(np.flatnonzero(p.level[rows.gsig] == level)))
+        idx = rows.alive(rows.rows_of(np.flatnonzero(p.slot_of[rows.gsig] >= 0)))
         if not idx.size:
             return
         state = self.state
@@ -1078,20 +1013,24 @@ class Cleaner:
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
-        size = np.diff(np.append(first, m))
-        resting = [(kk, values) for kk, values in p.ignore.items() if p.level[self.stuck[kk][0]] == level]
-        if resting:  # runs of a resting value are never stuck: no need to work them out
-            rk = np.repeat(k, size)
-            at_rest = np.zeros(m, dtype=bool)
-            for kk, values in resting:
-                at_rest |= (rk == kk) & np.isin(x, values)
-            eq &= ~at_rest
-            go_on &= ~at_rest[first]
-        # equal neighbours in a row ending here, against the rule's min_count - 1
-        pos = np.arange(m)
-        streak = pos - np.maximum.accumulate(np.where(eq, 0, pos))
-        run = streak >= np.repeat(p.min_count[k] - 1, size)
-        full = go_on | eq[last] | (np.add.reduceat(run, first) > 0)
+        for kk, values in p.ignore.items():  # runs of a resting value are never stuck
+            series = np.flatnonzero(k == kk)
+            if series.size:
+                at = ranges(first[series], last[series] - first[series] + 1)
+                rest = at[np.isin(x[at], values)]
+                eq[rest] = False
+                go_on[series] &= ~np.isin(x[first[series]], values)
+        # a series holds min_count equal readings in a row when the repeat min_count - 2
+        # repeats after one is min_count - 2 rows further on (repeats are few)
+        rep = np.flatnonzero(eq)
+        streak = np.zeros(first.size, dtype=bool)
+        if rep.size:
+            of = np.searchsorted(first, rep, side="right") - 1
+            span = p.min_count[k[of]] - 2
+            ahead = np.arange(rep.size) + span
+            inside = ahead < rep.size
+            streak[of[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
+        full = go_on | eq[last] | streak
         t_last = rows.t[idx[last]]
         newer = t_last > state.stuck_t[slot, k]
         easy = newer & ~full  # the series ends on a fresh value: a run of one
@@ -1127,26 +1066,11 @@ class Cleaner:
         for kk, values in p.ignore.items():  # signals with resting values (few)
             bad &= ~((row_k == kk) & np.isin(x, values))
         run_ref0 = np.full(run_first.size, np.nan)
-        veh_g = rows.vehicle[sub[first]]
-        ref_next = np.full(first.size, np.nan)  # per series: what the next batch starts from
-        for kk in p.against:  # cross-checked rules: the reference must have moved
-            series = np.flatnonzero(k == kk)
-            if not series.size:
-                continue
-            ref = self._reference(rows, kk, np.unique(veh_g[series]))
-            at = ranges(first[series], count[series])
-            now = ref.at(rows.vehicle[sub[at]], t[at])
-            starts = at[new_run[at]]  # first reading of each run of this rule
-            run_ref0[run_of[starts]] = now[new_run[at]]
-            cont = series[go_on[series]]  # runs from history: measured from where it left off
-            stored = state.stuck_ref0[slot[cont], kk]
-            run_ref0[first_run[cont]] = np.where(np.isnan(stored), ref.first[veh_g[cont]], stored)
-            with np.errstate(invalid="ignore"):
-                moved = np.abs(now - run_ref0[run_of[at]]) >= p.against[kk][2]
-            bad[at] &= moved
-            # integrals: the next batch's measure starts at 0, so keep the start relative to it
-            end = run_ref0[run_of[first[series] + count[series] - 1]]
-            ref_next[series] = end - ref.last[veh_g[series]] if ref.integral else end
+        ref_next = np.full(first.size, np.nan)  # per series: where the next batch measures from
+        checked = np.flatnonzero(p.ref_sig[k] >= 0)
+        if checked.size:  # cross-checked rules: the reference must have moved
+            self._cross_check(rows, sub, t, first, count, k, slot, go_on, new_run, run_of, first_run, checked,
+                              bad, run_ref0, ref_next)
         run_hit = np.zeros(run_first.size, dtype=bool)
         run_hit[run_of[bad]] = True
         run_hit[first_run[go_on]] |= state.stuck_hit[slot[go_on], k[go_on]]
@@ -1161,6 +1085,69 @@ class Cleaner:
         state.stuck_t[us, uk] = t[last][newer]
         state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
         state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
+
+    def _cross_check(self, rows: _Sorted, sub: IntArray, t: IntArray, first: IntArray, count: IntArray,
+                     k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
+                     first_run: IntArray, checked: IntArray, bad: BoolArray, run_ref0: FloatArray,
+                     ref_next: FloatArray) -> None:
+        """Keep in `bad` only the readings whose reference moved enough since their run began.
+
+        All cross-checked series at once: each series' reference (same vehicle) is laid out
+        beside it; its measure is the value (`change`) or the integral from its first reading
+        in the batch, 0 there, and 0 before it (unknown for `change`). `run_ref0` gets the
+        measure where each run began (a run from history: where it left off, or the first
+        reading of the batch); `ref_next` where the next batch measures each series' last
+        run from (relative to its own first reading, for an integral).
+        """
+        p, state = self.stuck_params, self.state
+        kc = k[checked]
+        veh = rows.vehicle[sub[first[checked]]]
+        integral = p.measure[kc] != 0
+        heads = rows.gkey[rows.gstart]
+        want = (veh.astype(np.int64) << self.signal_bits) | p.ref_sig[kc]
+        g = np.minimum(np.searchsorted(heads, want), heads.size - 1)
+        glen = np.where(heads[g] == want, rows.glen[g], 0)
+        ref_rows = ranges(rows.gstart[g], glen)
+        owner = np.repeat(np.arange(checked.size), glen)
+        live = rows.code[ref_rows] == 0
+        ref_rows, owner = ref_rows[live], owner[live]
+        m_first = np.where(integral, 0.0, np.nan)
+        m_last = m_first.copy()
+        at = ranges(first[checked], count[checked])  # held readings, positions in `sub`
+        q_owner = np.repeat(np.arange(checked.size), count[checked])
+        now = np.where(integral[q_owner], 0.0, np.nan)
+        if ref_rows.size:
+            rt, rv = rows.t[ref_rows], rows.value[ref_rows]
+            kind = p.measure[kc][owner]
+            new = starts_of(owner)
+            o_first = np.flatnonzero(new)
+            o_count = np.diff(np.append(o_first, owner.size))
+            dt = np.zeros(rt.size, dtype=np.int64)
+            dt[1:] = np.diff(rt)
+            dt[new | (dt > p.max_gap_ms[kc][owner])] = 0
+            inc = np.where(kind == 2, np.abs(rv), rv) * (dt / 1000.0)
+            run = np.cumsum(inc)
+            measure = np.where(kind == 0, rv, run - np.repeat(run[o_first], o_count))
+            m_first[owner[o_first]] = measure[o_first]
+            m_last[owner[o_first]] = measure[o_first + o_count - 1]
+            tq = t[at]
+            t_lo = min(int(rt.min()), int(tq.min()))
+            span = max(int(rt.max()), int(tq.max())) - t_lo + 2
+            span = min(span, 2**62 // max(checked.size, 1))  # times too far apart: clipped
+            rkey = owner * span + np.minimum(rt - t_lo, span - 1)
+            pos = np.searchsorted(rkey, q_owner * span + np.minimum(tq - t_lo, span - 1), side="right") - 1
+            ok = pos >= 0
+            ok[ok] = owner[pos[ok]] == q_owner[ok]
+            now[ok] = measure[pos[ok]]
+        starts = new_run[at]
+        run_ref0[run_of[at[starts]]] = now[starts]
+        cont = np.flatnonzero(go_on[checked])
+        stored = state.stuck_ref0[slot[checked[cont]], kc[cont]]
+        run_ref0[first_run[checked[cont]]] = np.where(np.isnan(stored), m_first[cont], stored)
+        with np.errstate(invalid="ignore"):
+            bad[at] &= np.abs(now - run_ref0[run_of[at]]) >= p.min_reference[kc][q_owner]
+        end = run_ref0[run_of[first[checked] + count[checked] - 1]]
+        ref_next[checked] = np.where(integral, end - m_last, end)
 
     # --- result ----------------------------------------------------------------------------
 

@@ -130,30 +130,6 @@ class StuckRule(_Section):
         return self
 
 
-def stuck_levels(stuck: dict[str, StuckRule]) -> dict[str, int]:
-    """The pass each stuck rule runs in: after the rule of the signal it is checked against.
-
-    A reference that is itself stuck must be dropped before it is trusted (a speed frozen at
-    30 km/h would otherwise make a parked car's motor speed look stuck when it unfreezes).
-    Rules checked against each other (current and power) run in config order.
-    """
-    level: dict[str, int] = {}
-
-    def of(name: str, seen: frozenset[str]) -> int:
-        if name in level:
-            return level[name]
-        if name in seen:
-            return -1
-        ref = stuck[name].against
-        found = 0 if ref is None or ref not in stuck else of(ref, seen | {name}) + 1
-        level[name] = found
-        return found
-
-    for name in stuck:
-        of(name, frozenset())
-    return level
-
-
 class Bounds(_Section):
     """Operating area of the fleet, degrees."""
 

@@ -38,7 +38,7 @@ from pipeline.clean.cleaner import (
     UNKNOWN_SIGNAL,
 )
 from pipeline.clean.clock import ClockHistory, judge_vehicle
-from pipeline.clean.config import CleaningConfig, stuck_levels
+from pipeline.clean.config import CleaningConfig
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 
 
@@ -209,16 +209,14 @@ class ReferenceCleaner:
         self._gps(series, vins, times, value, outcome)
         for key in keys:
             self._rate(vins[key[0]], key[1], series[key], times, value, outcome)
-        levels = stuck_levels(dict(cfg.stuck))
-        for level in sorted(set(levels.values())):  # a reference is judged before it is trusted
-            rules = {name: rule for name, rule in cfg.stuck.items() if levels[name] == level}
-            measures = {(vins[key[0]], name): self._reference(rule, series, key[0], times, value, outcome)
-                        for name, rule in rules.items() if rule.against for key in keys if key[1] == name}
-            for name, stuck_rule in rules.items():
-                for key in keys:
-                    if key[1] == name:
-                        self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
-                                    measures.get((vins[key[0]], name)))
+        # references as they arrived, before any stuck reading is dropped
+        measures = {(vins[key[0]], name): self._reference(rule, series, key[0], times, value, outcome)
+                    for name, rule in cfg.stuck.items() if rule.against for key in keys if key[1] == name}
+        for name, stuck_rule in cfg.stuck.items():
+            for key in keys:
+                if key[1] == name:
+                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
+                                measures.get((vins[key[0]], name)))
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
