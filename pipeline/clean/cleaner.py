@@ -1103,11 +1103,10 @@ class Cleaner:
         kc = k[checked]
         veh = rows.vehicle[sub[first[checked]]]
         integral = p.measure[kc] != 0
-        heads = rows.gkey[rows.gstart]
         want = (veh.astype(np.int64) << self.signal_bits) | p.ref_sig[kc]
-        g = np.minimum(np.searchsorted(heads, want), heads.size - 1)
-        glen = np.where(heads[g] == want, rows.glen[g], 0)
-        ref_rows = ranges(rows.gstart[g], glen)
+        lo = np.searchsorted(rows.gkey, want, side="left")  # the reference's rows, if any
+        glen = np.searchsorted(rows.gkey, want, side="right") - lo
+        ref_rows = ranges(lo, glen)
         owner = np.repeat(np.arange(checked.size), glen)
         live = rows.code[ref_rows] == 0
         ref_rows, owner = ref_rows[live], owner[live]
