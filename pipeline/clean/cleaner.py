@@ -474,10 +474,14 @@ class Cleaner:
         look = odd | (state.clock_offset[fslot] != NO_T)
         if not look.any():
             return t, sent, None
-        seq_l, sent_l, recv_l = frames.seq.tolist(), sent.tolist(), received.tolist()
+        judged = np.flatnonzero(np.isin(frames.vehicle, frames.vehicle[look]))
+        # plain lists indexed by frame, filled only for the frames judged (few)
+        seq_l, sent_l, recv_l = [0] * len(frames), [0] * len(frames), [0] * len(frames)
         by_vehicle: dict[int, list[int]] = {}
-        for f in np.flatnonzero(np.isin(frames.vehicle, np.unique(frames.vehicle[look]))).tolist():
-            by_vehicle.setdefault(int(frames.vehicle[f]), []).append(f)
+        for f, v, q, sa, r in zip(judged.tolist(), frames.vehicle[judged].tolist(), frames.seq[judged].tolist(),
+                                  sent[judged].tolist(), received[judged].tolist(), strict=True):
+            seq_l[f], sent_l[f], recv_l[f] = q, sa, r
+            by_vehicle.setdefault(v, []).append(f)
         shift = np.zeros(len(frames), dtype=np.int64)
         dropped = np.zeros(len(frames), dtype=bool)
         no_seq = np.iinfo(np.int64).min
@@ -1161,8 +1165,13 @@ class Cleaner:
         src = rows.order[keep]
         spike_fixed = rows.repaired[keep]
         unit_fixed = converted[src] if converted is not None else np.zeros(src.size, dtype=bool)
-        time_fixed = clock_fixed[src] if clock_fixed is not None else np.zeros(src.size, dtype=bool)
-        fixed = np.flatnonzero(spike_fixed | unit_fixed | time_fixed)
+        any_fixed = spike_fixed | unit_fixed
+        if clock_fixed is not None:  # frames with repaired times (rare)
+            time_fixed = clock_fixed[src]
+            any_fixed |= time_fixed
+        else:
+            time_fixed = np.zeros(src.size, dtype=bool)
+        fixed = np.flatnonzero(any_fixed)
         if fixed.size:
             u, s, c = unit_fixed[fixed], spike_fixed[fixed], time_fixed[fixed]
             single = np.where(s, REPAIRED_SPIKE, np.where(u, REPAIRED_UNIT, REPAIRED_CLOCK))
@@ -1224,7 +1233,7 @@ class Cleaner:
         for i in range(REPAIRED, len(REASONS)):
             if counts_arr[i]:
                 counts[REASONS[i]] = int(counts_arr[i])
-        return CleanResult(readings=clean, repaired=unit_fixed | spike_fixed | time_fixed, outcome=outcome,
+        return CleanResult(readings=clean, repaired=any_fixed, outcome=outcome,
                            reasons=list(REASONS), counts=counts, late=late)
 
     def _remember_frames(self, slot: IntArray, fp: IntArray) -> None:
