@@ -1017,13 +1017,13 @@ class Cleaner:
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
+        held_on = go_on.copy()  # continuing a run that could be stuck
         for kk, values in p.ignore.items():  # runs of a resting value are never stuck
             series = np.flatnonzero(k == kk)
             if series.size:
                 at = ranges(first[series], last[series] - first[series] + 1)
-                rest = at[np.isin(x[at], values)]
-                eq[rest] = False
-                go_on[series] &= ~np.isin(x[first[series]], values)
+                eq[at[np.isin(x[at], values)]] = False
+                held_on[series] &= ~np.isin(x[first[series]], values)
         # a series holds min_count equal readings in a row when the repeat min_count - 2
         # repeats after one is min_count - 2 rows further on (repeats are few)
         rep = np.flatnonzero(eq)
@@ -1034,7 +1034,7 @@ class Cleaner:
             ahead = np.arange(rep.size) + span
             inside = ahead < rep.size
             streak[of[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
-        full = go_on | eq[last] | streak
+        full = held_on | eq[last] | streak
         t_last = rows.t[idx[last]]
         newer = t_last > state.stuck_t[slot, k]
         easy = newer & ~full  # the series ends on a fresh value: a run of one
