@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.batch import Readings
+from pipeline.clean.clock import ClockHistory, judge_vehicle
 from pipeline.clean.config import CleaningConfig, SpikeRule, StuckRule
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 from pipeline.clean.groups import (
@@ -55,6 +56,7 @@ REASONS: tuple[str, ...] = (
     "repaired",  # repaired in more than one way (unit converted and spike repaired)
     "repaired.unit",  # value converted to the catalog's canonical unit
     "repaired.spike",  # value replaced by its Hampel window median
+    "repaired.clock_skew",  # times shifted by the vehicle's estimated clock offset
     "dropped.unknown_signal",
     "dropped.unit_unconvertible",
     "dropped.non_finite",
@@ -72,7 +74,7 @@ REASONS: tuple[str, ...] = (
     "dropped.stuck",
 )
 CODE = {name: i for i, name in enumerate(REASONS)}
-KEPT, REPAIRED, REPAIRED_UNIT, REPAIRED_SPIKE = 0, 1, 2, 3
+KEPT, REPAIRED, REPAIRED_UNIT, REPAIRED_SPIKE, REPAIRED_CLOCK = 0, 1, 2, 3, 4
 UNKNOWN_SIGNAL = CODE["dropped.unknown_signal"]
 UNIT_UNCONVERTIBLE = CODE["dropped.unit_unconvertible"]
 NON_FINITE = CODE["dropped.non_finite"]
@@ -192,6 +194,9 @@ class _SpikeParams:
         return p
 
 
+MEASURES = ("change", "integral", "integral_abs")
+
+
 @dataclass(slots=True)
 class _StuckParams:
     """Stuck rules as arrays by catalog signal (`slot_of` -1 = not checked)."""
@@ -200,10 +205,15 @@ class _StuckParams:
     min_duration_ms: IntArray  # by stuck slot
     min_count: IntArray
     ignore: dict[int, FloatArray]  # stuck slot -> resting values
-    need: int  # equal neighbours in a row that the smallest min_count implies
+    # cross-checks by stuck slot: reference signal (-1: none), measure (index into
+    # MEASURES), min_reference, max_gap_ms
+    ref_sig: IntArray
+    measure: IntArray
+    min_reference: FloatArray
+    max_gap_ms: IntArray
 
     @classmethod
-    def of(cls, rules: list[tuple[int, StuckRule]], n_signals: int) -> _StuckParams:
+    def of(cls, rules: list[tuple[int, StuckRule]], references: list[int], n_signals: int) -> _StuckParams:
         slot_of = np.full(n_signals, -1, dtype=np.int64)
         for k, (s, _) in enumerate(rules):
             slot_of[s] = k
@@ -211,7 +221,10 @@ class _StuckParams:
                    np.asarray([r.min_count for _, r in rules], dtype=np.int64),
                    {k: np.asarray(r.ignore_values, dtype=np.float64)
                     for k, (_, r) in enumerate(rules) if r.ignore_values},
-                   min((r.min_count for _, r in rules), default=2) - 1)
+                   np.asarray(references, dtype=np.int64).reshape(-1),
+                   np.asarray([MEASURES.index(r.measure) for _, r in rules], dtype=np.int64),
+                   np.asarray([r.min_reference for _, r in rules], dtype=np.float64),
+                   np.asarray([r.max_gap_ms for _, r in rules], dtype=np.int64))
 
 
 class Cleaner:
@@ -273,7 +286,10 @@ class Cleaner:
             window: _SpikeParams.of([(s, r) for s, r in self.spikes if r.window == window],
                                     self.spikes, self.n_signals)
             for window in sorted({r.window for _, r in self.spikes})}
-        self.stuck_params = _StuckParams.of(self.stuck, self.n_signals)
+        self.stuck_params = _StuckParams.of(
+            self.stuck, [signal_index(rule.against, "stuck", name, "against") if rule.against else -1
+                         for name, rule in cfg.stuck.items()], self.n_signals)
+
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(
             names,
@@ -342,8 +358,10 @@ class Cleaner:
             code[bad & (code == 0)] = NON_FINITE
         clock.lap("signal_unit_value")
 
-        t = readings.t
         tcfg = cfg.time
+        vehicle_slot = self.state.slots(readings.vins)
+        t, sent_at, clock_fixed = self._clock_skew(readings, vehicle_slot, code)
+        clock.lap("clock_skew")
         old: BoolArray | None = None
         if n and len(frames):
             # Each frame is judged by its own ingest time (record timestamp; now_ms for frames
@@ -354,7 +372,7 @@ class Cleaner:
             big = np.iinfo(np.int64).max - tcfg.max_future_vs_ingest_ms
             ingest = np.where(stamped, received, now_ms if now_ms is not None else big)
             # the latest plausible time per frame: its send time (vehicle clock) and its ingest time
-            limit = np.minimum(frames.sent_at + tcfg.max_future_vs_sent_ms,
+            limit = np.minimum(sent_at + tcfg.max_future_vs_sent_ms,
                                ingest + tcfg.max_future_vs_ingest_ms)
             future = t > limit[readings.frame]
             if now_ms is not None:
@@ -374,14 +392,13 @@ class Cleaner:
             code[old & (code == 0)] = TOO_OLD
         clock.lap("time")
 
-        vehicle_slot = self.state.slots(readings.vins)
         *new_frames, resent = self._frame_resends(readings, vehicle_slot, code)
         clock.lap("resends")
-        self._clock_behind(readings, vehicle_slot, code, resent)
+        self._clock_behind(readings, sent_at, vehicle_slot, code, resent)
         clock.lap("clock")
 
         # --- sort once, then group-wise checks -------------------------------------------
-        rows = self._sort(readings, csig, value, code, vehicle_slot)
+        rows = self._sort(readings, t, csig, value, code, vehicle_slot)
         clock.lap("sort")
         self._duplicates(rows)
         clock.lap("duplicates")
@@ -400,7 +417,8 @@ class Cleaner:
         clock.lap("stuck")
 
         # --- outcome, output and history ---------------------------------------------------
-        result = self._finish(readings, rows, code, converted, (new_frames[0], new_frames[1]), clock)
+        result = self._finish(readings, rows, code, converted, clock_fixed, (new_frames[0], new_frames[1]),
+                              clock)
         clock.lap("output_state")
         result.timings = clock.timings
         return result
@@ -435,7 +453,61 @@ class Cleaner:
         fresh = ~resent
         return fslot[fresh], fp[fresh], resent
 
-    def _clock_behind(self, readings: Readings, vehicle_slot: IntArray, code: CodeArray,
+    def _clock_skew(self, readings: Readings, vehicle_slot: IntArray,
+                    code: CodeArray) -> tuple[IntArray, IntArray, BoolArray | None]:
+        """Repair or drop frames whose vehicle clock is off by more than `max_clock_skew_s`.
+
+        Returns the readings' times and the frames' send times with repairs applied, and
+        which readings were repaired (None: none). Only the vehicles with a frame beyond
+        the bound, or a skew episode open in history, are walked (`clock.judge_vehicle`).
+        """
+        frames = readings.frames
+        tcfg = self.config.time
+        t, sent = readings.t, frames.sent_at
+        if tcfg.max_clock_skew_s is None or not len(frames) or not len(readings):
+            return t, sent, None
+        max_skew = int(tcfg.max_clock_skew_s * 1000)
+        state = self.state
+        fslot = vehicle_slot[frames.vehicle]
+        received = frames.received_at
+        odd = (received > 0) & (np.abs(sent - received) > max_skew)
+        look = odd | (state.clock_offset[fslot] != NO_T)
+        if not look.any():
+            return t, sent, None
+        judged = np.flatnonzero(np.isin(frames.vehicle, frames.vehicle[look]))
+        # plain lists indexed by frame, filled only for the frames judged (few)
+        seq_l, sent_l, recv_l = [0] * len(frames), [0] * len(frames), [0] * len(frames)
+        by_vehicle: dict[int, list[int]] = {}
+        for f, v, q, sa, r in zip(judged.tolist(), frames.vehicle[judged].tolist(), frames.seq[judged].tolist(),
+                                  sent[judged].tolist(), received[judged].tolist(), strict=True):
+            seq_l[f], sent_l[f], recv_l[f] = q, sa, r
+            by_vehicle.setdefault(v, []).append(f)
+        shift = np.zeros(len(frames), dtype=np.int64)
+        dropped = np.zeros(len(frames), dtype=bool)
+        no_seq = np.iinfo(np.int64).min
+        for v, fs in by_vehicle.items():  # few: vehicles with a skewed or late frame
+            slot = int(vehicle_slot[v])
+            h_off, h_seq = int(state.clock_offset[slot]), int(state.clock_offset_seq[slot])
+            t_seq, t_sent = int(state.clock_seq[slot]), int(state.clock_sent[slot])
+            verdict = judge_vehicle(
+                fs, seq_l, sent_l, recv_l,
+                ClockHistory(None if h_off == NO_T else h_off, h_seq,
+                             None if t_seq == no_seq else t_seq, None if t_sent == NO_T else t_sent),
+                max_skew, tcfg.clock_agree_ms, tcfg.max_clock_step_back_ms or 0)
+            for f, s in verdict.shift.items():
+                shift[f] = s
+            dropped[verdict.dropped] = True
+            after = verdict.history
+            state.clock_offset[slot] = NO_T if after.offset is None else after.offset
+            state.clock_offset_seq[slot] = after.offset_seq
+        if dropped.any():
+            code[dropped[readings.frame] & (code == 0)] = CLOCK_SKEW
+        if not shift.any():
+            return t, sent, None
+        row_shift = shift[readings.frame]
+        return t - row_shift, sent - shift, row_shift != 0
+
+    def _clock_behind(self, readings: Readings, sent: IntArray, vehicle_slot: IntArray, code: CodeArray,
                       resent: BoolArray) -> None:
         """Drop readings of frames whose vehicle clock went back: a newer frame (higher seq)
         sent more than `max_clock_step_back_ms` before an older one (a late or reordered
@@ -451,7 +523,7 @@ class Cleaner:
             return
         state = self.state
         fslot = vehicle_slot[frames.vehicle]
-        seq, sent, received = frames.seq, frames.sent_at, frames.received_at
+        seq, received = frames.seq, frames.received_at
         stamped = received > 0
         ahead = stamped & (sent > received + self.config.time.max_future_vs_ingest_ms)
         judged = ~resent & ~ahead
@@ -482,10 +554,10 @@ class Cleaner:
             np.maximum.at(state.clock_seq, ts, tq)
             np.maximum.at(state.clock_sent, ts, tt)
 
-    def _sort(self, readings: Readings, csig: npt.NDArray[np.int32], value: FloatArray,
+    def _sort(self, readings: Readings, t: IntArray, csig: npt.NDArray[np.int32], value: FloatArray,
               code: CodeArray, vehicle_slot: IntArray) -> _Sorted:
         """One stable sort of every row by (vehicle, signal, t): arrival order breaks ties."""
-        veh, t = readings.vehicle, readings.t
+        veh = readings.vehicle
         n = t.size
         s_bits = self.signal_bits
         if n:
@@ -920,9 +992,14 @@ class Cleaner:
     def _stuck(self, rows: _Sorted) -> None:
         """Runs of one unchanged value that last too long (continued from history).
 
-        Only series that can hold such a run are worked out in full: those continuing a
-        run from the last batch, holding `min_count` equal readings in a row, or ending
-        in a repeat (whose run the next batch continues); the others just start a run.
+        A run is stuck once one of its readings has held for `min_duration_ms` and
+        `min_count` readings (and, for a cross-checked rule, the reference moved by
+        `min_reference` since the run began: its readings as they arrived, before this
+        check, measured within the batch); then all its repeats in the batch are dropped,
+        and the run's later readings while it lasts. Only series that can hold such a run
+        are worked out in full: those continuing a run from the last batch, holding
+        `min_count` equal readings in a row, or ending in a repeat (whose run the next
+        batch continues); the others just start a run.
         """
         p = self.stuck_params
         idx = rows.alive(rows.rows_of(np.flatnonzero(p.slot_of[rows.gsig] >= 0)))
@@ -940,11 +1017,24 @@ class Cleaner:
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
-        run = eq.copy()  # `need` equal neighbours in a row end here
-        for s in range(1, p.need):
-            run[s:] &= eq[:-s]
-            run[:s] = False
-        full = go_on | eq[last] | (np.add.reduceat(run, first) > 0)
+        held_on = go_on.copy()  # continuing a run that could be stuck
+        for kk, values in p.ignore.items():  # runs of a resting value are never stuck
+            series = np.flatnonzero(k == kk)
+            if series.size:
+                at = ranges(first[series], last[series] - first[series] + 1)
+                eq[at[np.isin(x[at], values)]] = False
+                held_on[series] &= ~np.isin(x[first[series]], values)
+        # a series holds min_count equal readings in a row when the repeat min_count - 2
+        # repeats after one is min_count - 2 rows further on (repeats are few)
+        rep = np.flatnonzero(eq)
+        streak = np.zeros(first.size, dtype=bool)
+        if rep.size:
+            of = np.searchsorted(first, rep, side="right") - 1
+            span = p.min_count[k[of]] - 2
+            ahead = np.arange(rep.size) + span
+            inside = ahead < rep.size
+            streak[of[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
+        full = held_on | eq[last] | streak
         t_last = rows.t[idx[last]]
         newer = t_last > state.stuck_t[slot, k]
         easy = newer & ~full  # the series ends on a fresh value: a run of one
@@ -953,6 +1043,8 @@ class Cleaner:
         state.stuck_start[us, uk] = t_last[easy]
         state.stuck_n[us, uk] = 1
         state.stuck_t[us, uk] = t_last[easy]
+        state.stuck_hit[us, uk] = False
+        state.stuck_ref0[us, uk] = np.nan  # a run of one: the next batch measures from its start
         if not full.any():
             return
         sel = np.flatnonzero(full)
@@ -977,6 +1069,16 @@ class Cleaner:
         bad = (since >= p.min_duration_ms[row_k]) & (in_run >= p.min_count[row_k])
         for kk, values in p.ignore.items():  # signals with resting values (few)
             bad &= ~((row_k == kk) & np.isin(x, values))
+        run_ref0 = np.full(run_first.size, np.nan)
+        ref_next = np.full(first.size, np.nan)  # per series: where the next batch measures from
+        checked = np.flatnonzero(p.ref_sig[k] >= 0)
+        if checked.size:  # cross-checked rules: the reference must have moved
+            self._cross_check(rows, sub, t, first, count, k, slot, go_on, new_run, run_of, first_run, checked,
+                              bad, run_ref0, ref_next)
+        run_hit = np.zeros(run_first.size, dtype=bool)
+        run_hit[run_of[bad]] = True
+        run_hit[first_run[go_on]] |= state.stuck_hit[slot[go_on], k[go_on]]
+        bad = run_hit[run_of] & (in_run >= 2)
         rows.code[sub[bad]] = STUCK
         last = np.append(first[1:], sub.size) - 1
         newer = t[last] > state.stuck_t[slot, k]
@@ -985,12 +1087,76 @@ class Cleaner:
         state.stuck_start[us, uk] = run_start[run_of[last]][newer]
         state.stuck_n[us, uk] = in_run[last][newer]
         state.stuck_t[us, uk] = t[last][newer]
+        state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
+        state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
+
+    def _cross_check(self, rows: _Sorted, sub: IntArray, t: IntArray, first: IntArray, count: IntArray,
+                     k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
+                     first_run: IntArray, checked: IntArray, bad: BoolArray, run_ref0: FloatArray,
+                     ref_next: FloatArray) -> None:
+        """Keep in `bad` only the readings whose reference moved enough since their run began.
+
+        All cross-checked series at once: each series' reference (same vehicle) is laid out
+        beside it; its measure is the value (`change`) or the integral from its first reading
+        in the batch, 0 there, and 0 before it (unknown for `change`). `run_ref0` gets the
+        measure where each run began (a run from history: where it left off, or the first
+        reading of the batch); `ref_next` where the next batch measures each series' last
+        run from (relative to its own first reading, for an integral).
+        """
+        p, state = self.stuck_params, self.state
+        kc = k[checked]
+        veh = rows.vehicle[sub[first[checked]]]
+        integral = p.measure[kc] != 0
+        want = (veh.astype(np.int64) << self.signal_bits) | p.ref_sig[kc]
+        lo = np.searchsorted(rows.gkey, want, side="left")  # the reference's rows, if any
+        glen = np.searchsorted(rows.gkey, want, side="right") - lo
+        ref_rows = ranges(lo, glen)
+        owner = np.repeat(np.arange(checked.size), glen)
+        live = rows.code[ref_rows] == 0
+        ref_rows, owner = ref_rows[live], owner[live]
+        m_first = np.where(integral, 0.0, np.nan)
+        m_last = m_first.copy()
+        at = ranges(first[checked], count[checked])  # held readings, positions in `sub`
+        q_owner = np.repeat(np.arange(checked.size), count[checked])
+        now = np.where(integral[q_owner], 0.0, np.nan)
+        if ref_rows.size:
+            rt, rv = rows.t[ref_rows], rows.value[ref_rows]
+            kind = p.measure[kc][owner]
+            new = starts_of(owner)
+            o_first = np.flatnonzero(new)
+            o_count = np.diff(np.append(o_first, owner.size))
+            dt = np.zeros(rt.size, dtype=np.int64)
+            dt[1:] = np.diff(rt)
+            dt[new | (dt > p.max_gap_ms[kc][owner])] = 0
+            inc = np.where(kind == 2, np.abs(rv), rv) * (dt / 1000.0)
+            run = np.cumsum(inc)
+            measure = np.where(kind == 0, rv, run - np.repeat(run[o_first], o_count))
+            m_first[owner[o_first]] = measure[o_first]
+            m_last[owner[o_first]] = measure[o_first + o_count - 1]
+            tq = t[at]
+            t_lo = min(int(rt.min()), int(tq.min()))
+            span = max(int(rt.max()), int(tq.max())) - t_lo + 2
+            span = min(span, 2**62 // max(checked.size, 1))  # times too far apart: clipped
+            rkey = owner * span + np.minimum(rt - t_lo, span - 1)
+            pos = np.searchsorted(rkey, q_owner * span + np.minimum(tq - t_lo, span - 1), side="right") - 1
+            ok = pos >= 0
+            ok[ok] = owner[pos[ok]] == q_owner[ok]
+            now[ok] = measure[pos[ok]]
+        starts = new_run[at]
+        run_ref0[run_of[at[starts]]] = now[starts]
+        cont = np.flatnonzero(go_on[checked])
+        stored = state.stuck_ref0[slot[checked[cont]], kc[cont]]
+        run_ref0[first_run[checked[cont]]] = np.where(np.isnan(stored), m_first[cont], stored)
+        with np.errstate(invalid="ignore"):
+            bad[at] &= np.abs(now - run_ref0[run_of[at]]) >= p.min_reference[kc][q_owner]
+        end = run_ref0[run_of[first[checked] + count[checked] - 1]]
+        ref_next[checked] = np.where(integral, end - m_last, end)
 
     # --- result ----------------------------------------------------------------------------
 
     def _finish(self, readings: Readings, rows: _Sorted, code: CodeArray,
-                converted: BoolArray | None, new_frames: tuple[IntArray, IntArray],
-                clock: _Clock) -> CleanResult:
+                converted: BoolArray | None, clock_fixed: BoolArray | None,
+                new_frames: tuple[IntArray, IntArray], clock: _Clock) -> CleanResult:
         state = self.state
         outcome = code  # per input row; drops decided after the sort are scattered in
         dropped = np.flatnonzero(rows.code)
@@ -999,10 +1165,18 @@ class Cleaner:
         src = rows.order[keep]
         spike_fixed = rows.repaired[keep]
         unit_fixed = converted[src] if converted is not None else np.zeros(src.size, dtype=bool)
-        fixed = np.flatnonzero(spike_fixed | unit_fixed)
+        any_fixed = spike_fixed | unit_fixed
+        if clock_fixed is not None:  # frames with repaired times (rare)
+            time_fixed = clock_fixed[src]
+            any_fixed |= time_fixed
+        else:
+            time_fixed = np.zeros(src.size, dtype=bool)
+        fixed = np.flatnonzero(any_fixed)
         if fixed.size:
-            u, s = unit_fixed[fixed], spike_fixed[fixed]
-            outcome[src[fixed]] = np.where(s, np.where(u, REPAIRED, REPAIRED_SPIKE), REPAIRED_UNIT)
+            u, s, c = unit_fixed[fixed], spike_fixed[fixed], time_fixed[fixed]
+            single = np.where(s, REPAIRED_SPIKE, np.where(u, REPAIRED_UNIT, REPAIRED_CLOCK))
+            several = u.astype(np.int8) + s + c > 1
+            outcome[src[fixed]] = np.where(several, REPAIRED, single)
 
         # Late: an earlier arrival of the same series has a later time, or history does.
         gkey, t, value, vehicle = rows.gkey[keep], rows.t[keep], rows.value[keep], rows.vehicle[keep]
@@ -1059,7 +1233,7 @@ class Cleaner:
         for i in range(REPAIRED, len(REASONS)):
             if counts_arr[i]:
                 counts[REASONS[i]] = int(counts_arr[i])
-        return CleanResult(readings=clean, repaired=unit_fixed | spike_fixed, outcome=outcome,
+        return CleanResult(readings=clean, repaired=any_fixed, outcome=outcome,
                            reasons=list(REASONS), counts=counts, late=late)
 
     def _remember_frames(self, slot: IntArray, fp: IntArray) -> None:

@@ -35,6 +35,18 @@ class TimeRules(_Section):
     max_future_vs_ingest_ms: int = Field(default=60_000, ge=0)
     max_age_ms: int = Field(default=7 * 86_400_000, gt=0, le=2**40)
     max_clock_step_back_ms: int | None = Field(default=2_000, ge=0)
+    # Vehicle clock offset (send time minus record time) beyond which a frame's times are
+    # repaired by the vehicle's estimated offset, or dropped when no estimate is stable.
+    max_clock_skew_s: float | None = Field(default=5.0, gt=0)
+    # Offsets of two frames this close are one clock error (network delay jitter below it).
+    clock_agree_ms: int = Field(default=1_000, gt=0)
+
+    @model_validator(mode="after")
+    def _agree_below_skew(self) -> TimeRules:
+        if self.max_clock_skew_s is not None and self.clock_agree_ms >= self.max_clock_skew_s * 1000:
+            raise ValueError(f"clock_agree_ms ({self.clock_agree_ms}) must be below max_clock_skew_s "
+                             f"({self.max_clock_skew_s} s)")
+        return self
 
 
 class DuplicateRules(_Section):
@@ -95,11 +107,27 @@ class SpikeRule(_Section):
 
 
 class StuckRule(_Section):
-    """Stuck-at detection of one signal."""
+    """Stuck-at detection of one signal, optionally cross-checked against another signal.
+
+    With `against`, a held run counts as stuck only once the reference signal (same
+    vehicle) shows activity of at least `min_reference` since the run began: `change`
+    |ref(t) - ref(start)|, `integral` |integral of ref dt| (seconds), `integral_abs` the
+    integral of |ref| dt. Gaps in the reference longer than `max_gap_ms` add nothing.
+    """
 
     min_duration_ms: int = Field(default=60_000, gt=0)
     min_count: int = Field(default=10, ge=2)
     ignore_values: tuple[float, ...] = ()
+    against: str | None = None
+    measure: Literal["change", "integral", "integral_abs"] = "change"
+    min_reference: float = Field(default=0.0, ge=0)
+    max_gap_ms: int = Field(default=5_000, gt=0)
+
+    @model_validator(mode="after")
+    def _reference_threshold(self) -> StuckRule:
+        if self.against is not None and self.min_reference <= 0:
+            raise ValueError("min_reference must be above 0 when the rule is checked against a signal")
+        return self
 
 
 class Bounds(_Section):

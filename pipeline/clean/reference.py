@@ -28,6 +28,7 @@ from pipeline.clean.cleaner import (
     OUT_OF_RANGE,
     RATE_OF_CHANGE,
     REPAIRED,
+    REPAIRED_CLOCK,
     REPAIRED_SPIKE,
     REPAIRED_UNIT,
     SPIKE,
@@ -36,6 +37,7 @@ from pipeline.clean.cleaner import (
     UNIT_UNCONVERTIBLE,
     UNKNOWN_SIGNAL,
 )
+from pipeline.clean.clock import ClockHistory, judge_vehicle
 from pipeline.clean.config import CleaningConfig
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
 
@@ -58,11 +60,13 @@ class ReferenceCleaner:
         self.rate_exempt = set(cfg.rate_of_change.exempt)
         self.last: dict[tuple[str, str], tuple[int, float]] = {}
         self.tails: dict[tuple[str, str], tuple[deque[float], int]] = {}
-        self.runs: dict[tuple[str, str], tuple[float, int, int, int]] = {}  # value, start, n, t
+        # value, start, n, t, the reference's measure at the start, judged stuck
+        self.runs: dict[tuple[str, str], tuple[float, int, int, int, float | None, bool]] = {}
         self.gps_tail: dict[str, list[tuple[float, float, float]]] = {}
         self.gps_since: dict[str, float] = {}
         self.frames: dict[str, deque[tuple[int, int]]] = {}
         self.clock: dict[str, tuple[int, int]] = {}  # newest trusted (seq, sent_at) per vehicle
+        self.clock_offset: dict[str, tuple[int | None, int]] = {}  # open skew episode per vehicle
 
     def clean(self, readings: Readings, *, now_ms: int | None = None) -> ReferenceResult:
         cfg, cat = self.config, self.catalog
@@ -85,6 +89,9 @@ class ReferenceCleaner:
         outcome = [KEPT] * n
         value = [0.0] * n
         converted = [False] * n
+        skew_dropped, shifted = self._clock_skew(readings, sent_at, received_at)
+        times = [t - shifted.get(f, 0) for t, f in zip(times, frame_of, strict=True)]
+        sent_at = [s - shifted.get(f, 0) for f, s in enumerate(sent_at)]
 
         for i in range(n):
             name = names[signal[i]]
@@ -102,6 +109,9 @@ class ReferenceCleaner:
             value[i] = v
             if not math.isfinite(v):
                 outcome[i] = NON_FINITE
+                continue
+            if frame_of[i] in skew_dropped:
+                outcome[i] = CLOCK_SKEW
                 continue
             t = times[i]
             ingest = now_ms
@@ -147,7 +157,7 @@ class ReferenceCleaner:
                 newest: int | None = None
                 h_seq, h_sent = self.clock.get(vin, (None, None))
                 for f in fs:
-                    f_seq, f_sent, f_recv = int(frames.seq[f]), int(frames.sent_at[f]), received_at[f]
+                    f_seq, f_sent, f_recv = int(frames.seq[f]), sent_at[f], received_at[f]
                     if resent_frames[f] or (f_recv > 0 and f_sent > f_recv + cfg.time.max_future_vs_ingest_ms):
                         continue
                     reference = newest
@@ -199,10 +209,14 @@ class ReferenceCleaner:
         self._gps(series, vins, times, value, outcome)
         for key in keys:
             self._rate(vins[key[0]], key[1], series[key], times, value, outcome)
+        # references as they arrived, before any stuck reading is dropped
+        measures = {(vins[key[0]], name): self._reference(rule, series, key[0], times, value, outcome)
+                    for name, rule in cfg.stuck.items() if rule.against for key in keys if key[1] == name}
         for name, stuck_rule in cfg.stuck.items():
             for key in keys:
                 if key[1] == name:
-                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome)
+                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
+                                measures.get((vins[key[0]], name)))
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
@@ -212,11 +226,11 @@ class ReferenceCleaner:
             for i in kept:
                 late = any(j < i and times[j] > times[i] for j in kept)
                 late = late or (history is not None and times[i] < history[0])
-                if repaired_spike[i]:
-                    outcome[i] = REPAIRED if converted[i] else REPAIRED_SPIKE
-                elif converted[i]:
-                    outcome[i] = REPAIRED_UNIT
-                out.append((vin, name, times[i], value[i], repaired_spike[i] or converted[i], late))
+                fixes = [code for code, done in ((REPAIRED_SPIKE, repaired_spike[i]), (REPAIRED_UNIT, converted[i]),
+                                                 (REPAIRED_CLOCK, frame_of[i] in shifted)) if done]
+                if fixes:
+                    outcome[i] = fixes[0] if len(fixes) == 1 else REPAIRED
+                out.append((vin, name, times[i], value[i], bool(fixes), late))
             if kept and (history is None or times[kept[-1]] > history[0]):
                 self.last[(vin, name)] = (times[kept[-1]], value[kept[-1]])
         for vin, fkey in fresh:
@@ -224,6 +238,33 @@ class ReferenceCleaner:
         return ReferenceResult(outcome, out)
 
     # --- checks ------------------------------------------------------------------------------
+
+    def _clock_skew(self, readings: Readings, sent_at: list[int],
+                    received_at: list[int]) -> tuple[set[int], dict[int, int]]:
+        """Frames dropped for clock skew, and the shift of each repaired frame."""
+        cfg = self.config.time
+        frames = readings.frames
+        if cfg.max_clock_skew_s is None or not len(frames):
+            return set(), {}
+        by_vehicle: dict[str, list[int]] = {}
+        for f in range(len(frames)):
+            by_vehicle.setdefault(readings.vins[int(frames.vehicle[f])], []).append(f)
+        seq = [int(x) for x in frames.seq]
+        dropped: set[int] = set()
+        shifted: dict[int, int] = {}
+        for vin, fs in by_vehicle.items():
+            offset, offset_seq = self.clock_offset.get(vin, (None, -(2**63)))
+            trusted = self.clock.get(vin)
+            verdict = judge_vehicle(fs, seq, sent_at, received_at,
+                                    ClockHistory(offset, offset_seq, trusted[0] if trusted else None,
+                                                 trusted[1] if trusted else None),
+                                    int(cfg.max_clock_skew_s * 1000), cfg.clock_agree_ms,
+                                    cfg.max_clock_step_back_ms or 0)
+            dropped.update(verdict.dropped)
+            shifted.update(verdict.shift)
+            if verdict.history.offset is not None or vin in self.clock_offset:
+                self.clock_offset[vin] = (verdict.history.offset, verdict.history.offset_seq)
+        return dropped, shifted
 
     def _gps(self, series: dict[tuple[int, str], list[int]], vins: list[str], times: list[int],
              value: list[float], outcome: list[int]) -> None:
@@ -414,22 +455,73 @@ class ReferenceCleaner:
             if flagged[k]:
                 outcome[i] = RATE_OF_CHANGE
 
+    def _reference(self, rule: Any, series: dict[tuple[int, str], list[int]], veh: int, times: list[int],
+                   value: list[float], outcome: list[int]) -> list[tuple[int, float]]:
+        """(t, measure) at each of the vehicle's reference readings in this batch, in time order.
+
+        The measure is the value for `change`, else the integral since the first reading.
+        """
+        points: list[tuple[int, float]] = []
+        cum = 0.0
+        prev: int | None = None
+        for i in series.get((veh, rule.against), []):
+            if outcome[i] != KEPT:
+                continue
+            t, v = times[i], value[i]
+            if rule.measure == "change":
+                points.append((t, v))
+                continue
+            dt = 0 if prev is None or t - prev > rule.max_gap_ms else t - prev
+            cum += (v if rule.measure == "integral" else abs(v)) * (dt / 1000.0)
+            prev = t
+            points.append((t, cum))
+        return points
+
     def _stuck(self, vin: str, name: str, rule: Any, rows: list[int], times: list[int],
-               value: list[float], outcome: list[int]) -> None:
+               value: list[float], outcome: list[int], reference: list[tuple[int, float]] | None) -> None:
         alive = [i for i in rows if outcome[i] == KEPT]
         if not alive:
             return
+        integral = rule.measure != "change"
+
+        def measure_at(t: int) -> float | None:
+            if reference is None:
+                return None
+            found: float | None = 0.0 if integral else None
+            for rt, m in reference:
+                if rt <= t:
+                    found = m
+            return found
+
         run = self.runs.get((vin, name))
+        members: list[int] = []
         if run is not None and value[alive[0]] == run[0] and times[alive[0]] > run[3]:
-            current, start, count = run[0], run[1], run[2]
+            current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
+            if ref0 is None and reference is not None:  # measured from this batch's first reading
+                ref0 = 0.0 if integral else (reference[0][1] if reference else None)
         else:
             current, start, count = value[alive[0]], times[alive[0]], 0
+            ref0, hit = measure_at(times[alive[0]]), False
         for i in alive:
             if value[i] != current:
                 current, start, count = value[i], times[i], 0
+                ref0, hit = measure_at(times[i]), False
+                members = []
             count += 1
-            if (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
-                    and value[i] not in rule.ignore_values):
-                outcome[i] = STUCK
+            if count >= 2:
+                members.append(i)
+            held = (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
+                    and value[i] not in rule.ignore_values)
+            if held and rule.against:
+                now = measure_at(times[i])
+                held = now is not None and ref0 is not None and abs(now - ref0) >= rule.min_reference
+            hit = hit or held
+            if hit:
+                for j in members:
+                    outcome[j] = STUCK
         if run is None or times[alive[-1]] > run[3]:
-            self.runs[(vin, name)] = (current, start, count, times[alive[-1]])
+            carried = None  # a run of one: the next batch measures from its first reading
+            if rule.against and count > 1 and ref0 is not None:
+                # an integral starts again at 0 next batch: keep the start relative to it
+                carried = ref0 - (reference[-1][1] if reference else 0.0) if integral else ref0
+            self.runs[(vin, name)] = (current, start, count, times[alive[-1]], carried, hit)

@@ -26,9 +26,14 @@ class VehicleState:
     Columns: `last_t`/`last_v` per catalog signal (last reading that left the cleaner);
     `tail_v`/`tail_n`/`tail_t` per Hampel signal (right-aligned window tail);
     `stuck_v`/`stuck_start`/`stuck_n`/`stuck_t` per stuck signal (current run of equal
-    values); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
+    values), with `stuck_ref0` (for a cross-checked rule, where the reference's measure
+    started for the run: its value, or for an integral the start relative to the next
+    batch's first reference reading; NaN: from that reading) and `stuck_hit` (the run was
+    judged stuck); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
     `gps_tail_n` of them) and `gps_since` (start of a jump still open); `clock_seq`/
-    `clock_sent` the newest trusted frame (vehicle clock checks); `frame_fp` ring of
+    `clock_sent` the newest trusted frame (vehicle clock checks); `clock_offset`/
+    `clock_offset_seq` the estimate of a clock skew episode still open and its newest seq
+    (NO_T: none); `frame_fp` ring of
     recent frame fingerprints with `frame_n` frames written so far; `seen` batch counter.
     """
 
@@ -41,11 +46,15 @@ class VehicleState:
     stuck_start: npt.NDArray[np.int64]
     stuck_n: npt.NDArray[np.int64]
     stuck_t: npt.NDArray[np.int64]
+    stuck_ref0: npt.NDArray[np.float64]
+    stuck_hit: npt.NDArray[np.bool_]
     gps_tail: npt.NDArray[np.float64]
     gps_tail_n: npt.NDArray[np.int32]
     gps_since: npt.NDArray[np.int64]
     clock_seq: npt.NDArray[np.int64]
     clock_sent: npt.NDArray[np.int64]
+    clock_offset: npt.NDArray[np.int64]
+    clock_offset_seq: npt.NDArray[np.int64]
     frame_fp: npt.NDArray[np.int64]
     frame_n: npt.NDArray[np.int64]
     seen: npt.NDArray[np.int64]
@@ -82,11 +91,15 @@ class VehicleState:
             "stuck_start": ((n_st,), np.int64, NO_T),
             "stuck_n": ((n_st,), np.int64, 0),
             "stuck_t": ((n_st,), np.int64, NO_T),
+            "stuck_ref0": ((n_st,), np.float64, np.nan),
+            "stuck_hit": ((n_st,), np.bool_, False),
             "gps_tail": ((self.gps_width, 3), np.float64, np.nan),
             "gps_tail_n": ((), np.int32, 0),
             "gps_since": ((), np.int64, NO_T),
             "clock_seq": ((), np.int64, np.iinfo(np.int64).min),
             "clock_sent": ((), np.int64, NO_T),
+            "clock_offset": ((), np.int64, NO_T),
+            "clock_offset_seq": ((), np.int64, np.iinfo(np.int64).min),
             "frame_fp": ((max(self.frame_memory, 1),), np.int64, 0),
             "frame_n": ((), np.int64, 0),
             "seen": ((), np.int64, 0),
@@ -210,11 +223,14 @@ class VehicleState:
         groups = {
             "signal_names": (("last_t", "last_v"), self.signal_names),
             "hampel_signals": (("tail_v", "tail_n", "tail_t"), self.hampel_signals),
-            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t"), self.stuck_signals),
+            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t", "stuck_ref0", "stuck_hit"),
+                              self.stuck_signals),
         }
         for key, (names, mine) in groups.items():
             src, dst = remap([str(n) for n in cols[key]], mine)
             for name in names:
+                if name not in cols:  # a column that blobs of older workers lack: left empty
+                    continue
                 target = getattr(self, name)
                 if name == "tail_v":  # right-aligned tails of possibly different widths
                     width = min(target.shape[2], cols[name].shape[2])
@@ -227,6 +243,9 @@ class VehicleState:
         self.gps_since[slots] = cols["gps_since"]
         self.clock_seq[slots] = cols["clock_seq"]
         self.clock_sent[slots] = cols["clock_sent"]
+        if "clock_offset" in cols:  # absent from blobs of workers before clock skew repair
+            self.clock_offset[slots] = cols["clock_offset"]
+            self.clock_offset_seq[slots] = cols["clock_offset_seq"]
         width = min(self.frame_fp.shape[1], cols["frame_fp"].shape[1])
         if width == cols["frame_fp"].shape[1] == self.frame_fp.shape[1]:
             self.frame_fp[slots] = cols["frame_fp"]

@@ -7,6 +7,11 @@ and decoded by `events.decode_records` into batches of about `--batch` readings;
 batches in the same run, and their outcomes are compared with the vectorised ones.
 
     .venv/bin/python scripts/benchmarks/clean.py [--vehicles 2000 --duration 300 --json]
+
+With `--baseline REF` (a git commit or branch) the same benchmark of the cleaner at REF
+runs in the same invocation, alternating with this tree's for `--rounds` rounds (each in
+its own process, on the same traffic), and the best rate of each is printed side by side:
+on a shared machine only numbers from one run compare.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# BENCH_TREE: another checkout whose `pipeline` is measured by this script (--baseline)
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
@@ -69,11 +77,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = []
     profile: dict[str, float] = {}
     outcomes = []
+    cpu_start = time.process_time()
     for b in batches:
         start = time.perf_counter()
         result = cleaner.clean(b)
         latencies.append(time.perf_counter() - start)
         outcomes.append(result.outcome)
+    cpu_s = time.process_time() - cpu_start
     clean_s = sum(latencies)
     profiled = Cleaner(catalog, config)
     for b in batches:
@@ -98,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batches": len(batches), "readings": total, "mean_batch_readings": total / len(batches),
         "prepare_s": round(prepare_s, 2),
         "vectorised": {"seconds": round(clean_s, 4), "readings_per_s": round(vec_rate),
+                       "readings_per_cpu_s": round(total / cpu_s),
                        "batch_ms_p50": round(float(np.percentile(lat_ms, 50)), 3),
                        "batch_ms_p99": round(float(np.percentile(lat_ms, 99)), 3),
                        "batch_ms_max": round(float(lat_ms.max()), 3)},
@@ -114,6 +125,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def compare(args: argparse.Namespace) -> None:
+    """This tree against `args.baseline`, alternating rounds, best readings/s of each.
+
+    Both are measured by this script (the baseline's `pipeline` on the path instead), so
+    only the cleaner differs; CPU time is shown too, steadier than wall time on a busy host.
+    """
+    root = Path(__file__).resolve().parents[2]
+    common = ["--vehicles", str(args.vehicles), "--duration", str(args.duration), "--seed", str(args.seed),
+              "--batch", str(args.batch), "--reference-batches", "1", "--json"]
+    rates: dict[str, list[int]] = {"baseline": [], "this tree": []}
+    cpu: dict[str, list[int]] = {"baseline": [], "this tree": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(root), "archive", args.baseline], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        trees = {"baseline": Path(tmp), "this tree": root}
+        for _ in range(args.rounds):
+            for name, tree in trees.items():
+                out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common],
+                                     check=True, capture_output=True, text=True, cwd=tree,
+                                     env={**os.environ, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}).stdout
+                vec = json.loads(out.splitlines()[-1])["vectorised"]
+                rates[name].append(vec["readings_per_s"])
+                cpu[name].append(vec["readings_per_cpu_s"])
+    print(f"cleaning, best of {args.rounds} alternating rounds ({args.vehicles} vehicles, {args.duration:.0f} s):")
+    for label, numbers in (("readings/s", rates), ("readings/CPU-s", cpu)):
+        for name in ("baseline", "this tree"):
+            title = f"baseline {args.baseline}" if name == "baseline" else name
+            print(f"  {title}: {max(numbers[name]):,} {label}   "
+                  f"(rounds: {', '.join(f'{r:,}' for r in numbers[name])})")
+        print(f"  this tree / baseline ({label}): {max(numbers['this tree']) / max(numbers['baseline']):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vehicles", type=int, default=2000)
@@ -122,7 +166,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100_000, help="readings per batch")
     parser.add_argument("--reference-batches", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--baseline", help="git commit or branch to compare with, in the same run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline")
     args = parser.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     out = run(args)
     if args.json:
         print(json.dumps(out))

@@ -101,6 +101,9 @@ def test_time_checks_against_ingest(catalog) -> None:  # type: ignore[no-untyped
     assert set(outcomes(result)) == {"dropped.too_old"}
     ahead = [frame(VIN, 1, T0 + 3_600_000, {SPEED: ([T0 + 3_600_000], [1.0])}, received_at=T0)]
     result = cleaner(catalog).clean(readings_of(ahead))
+    assert outcomes(result) == ["dropped.clock_skew"]  # a lone frame from a clock an hour ahead
+    no_skew_check = load_cleaning_config().time.model_copy(update={"max_clock_skew_s": None})
+    result = cleaner(catalog, time=no_skew_check).clean(readings_of(ahead))
     assert outcomes(result) == ["dropped.future_timestamp"]
     # each frame is judged against its own ingest time; without one, against now_ms
     unstamped = [frame(VIN, 1, T0 + 3_600_000, {SPEED: ([T0 + 3_600_000], [1.0])}, received_at=0)]
@@ -205,15 +208,20 @@ def test_stuck_values(catalog) -> None:  # type: ignore[no-untyped-def]
     t = seconds(0, 10)
     values = [0.1, 0.2, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 0.3]
     result = c.clean(readings_of([frame(VIN, 1, t[-1] + 100, {ACCEL: (t, values)})]))
-    # run starts at t=2 s: dropped from 5 s on (t=7 s, 4th+ reading), until the value changes
-    assert outcomes(result) == ["kept"] * 7 + ["dropped.stuck"] * 2 + ["kept"]
+    # run starts at t=2 s and is stuck at 7 s (5 s held, 4+ readings): every repeat of it
+    # in the batch is dropped, the first reading (the last true value) is kept
+    assert outcomes(result) == ["kept"] * 3 + ["dropped.stuck"] * 6 + ["kept"]
     zeros = c.clean(readings_of([frame(VIN, 2, T0 + 30_000, {ACCEL: (seconds(20, 10), [0.0] * 10)})]))
     assert set(outcomes(zeros)) == {"kept"}
     # a run continues across batches
     c2 = cleaner(catalog, stuck={ACCEL: rule})
     c2.clean(readings_of([frame(VIN, 1, T0 + 3_100, {ACCEL: (seconds(0, 4), [2.0] * 4)})]))
     result = c2.clean(readings_of([frame(VIN, 2, T0 + 7_100, {ACCEL: (seconds(4, 3), [2.0] * 3)})]))
-    assert outcomes(result) == ["kept", "dropped.stuck", "dropped.stuck"]  # run began at 0 s
+    # the run began at 0 s and is stuck at 5 s: its repeats in this batch are dropped (the
+    # previous batch's are gone)
+    assert outcomes(result) == ["dropped.stuck"] * 3
+    later = c2.clean(readings_of([frame(VIN, 3, T0 + 9_100, {ACCEL: (seconds(7, 2), [2.0, 2.5])})]))
+    assert outcomes(later) == ["dropped.stuck", "kept"]  # a stuck run stays stuck until it changes
 
 
 def gps_frame(vin: str, seq: int, t: list[int], lat: list[float], lon: list[float],

@@ -1,0 +1,123 @@
+"""Stuck sensors judged against a signal that must agree with them (rationality checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.catalog import load_catalog
+from pipeline.clean import (
+    Cleaner,
+    CleanResult,
+    load_cleaning_config,
+    parse_cleaning_config,
+)
+from pipeline.clean.config import StuckRule
+from pipeline.clean.reference import ReferenceCleaner
+from pipeline.errors import ConfigError
+from tests.unit.test_clean_support import ACCEL, SOC, SPEED, frame, readings_of, seconds
+
+VIN = "VF1AAAAA000000001"
+POWER = "Vehicle.Powertrain.TractionBattery.CurrentPower"
+
+
+@pytest.fixture(scope="module")
+def catalog():  # type: ignore[no-untyped-def]
+    return load_catalog()
+
+
+def shipped(catalog) -> tuple[Cleaner, ReferenceCleaner]:  # type: ignore[no-untyped-def]
+    config = load_cleaning_config()
+    return Cleaner(catalog, config), ReferenceCleaner(catalog, config)
+
+
+def of_signal(result: CleanResult, batch: list[dict], signal: str) -> list[str]:
+    """Outcomes of one signal's readings, in input order."""
+    names = [name for fr in batch for name, sample in fr["samples"].items() for _ in sample[0]]
+    return [result.reasons[c] for c, name in zip(result.outcome, names, strict=True) if name == signal]
+
+
+def accel_noise(n: int, level: float = 0.0) -> list[float]:
+    """Accelerometer readings around `level` with a little noise (never an exact repeat)."""
+    return [level + (0.013 * ((7 * k) % 11) - 0.065) for k in range(n)]
+
+
+def test_speed_held_while_the_car_accelerates_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # speed frozen at 40.0 km/h for 4 s while the car accelerates at 1.2 m/s^2 (17 km/h)
+    speed = [38.5, 39.3, 40.0] + [40.0] * 7
+    batch = [frame(VIN, 1, seconds(0, 1)[0] + 5_100, {SPEED: (seconds(0, 10, 0.5), speed),
+                                                       ACCEL: (seconds(0, 50, 0.1), accel_noise(50, 1.2))})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(batch))
+    # the run's first reading (the last true value) is kept, every repeat dropped
+    assert of_signal(result, batch, SPEED) == ["kept"] * 3 + ["dropped.stuck"] * 7
+    assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_speed_held_at_a_steady_cruise_or_parked_passes(catalog) -> None:  # type: ignore[no-untyped-def]
+    # a logger repeating the last speed while the car cruises (acceleration around 0), and
+    # a parked car (speed 0 while the accelerometer shows a little pull, as on a slope)
+    cruise = [frame(VIN, 1, seconds(0, 1)[0] + 10_100, {SPEED: (seconds(0, 20, 0.5), [50.0] * 20),
+                                                         ACCEL: (seconds(0, 100, 0.1), accel_noise(100))})]
+    parked = [frame(VIN, 2, seconds(20, 1)[0] + 10_100, {SPEED: (seconds(20, 20, 0.5), [0.0] * 20),
+                                                          ACCEL: (seconds(20, 100, 0.1), accel_noise(100, 0.5))})]
+    cleaner, reference = shipped(catalog)
+    for batch in (cruise, parked):
+        result = cleaner.clean(readings_of(batch))
+        assert set(of_signal(result, batch, SPEED)) == {"kept"}
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_soc_held_while_energy_flows_one_way_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # SoC frozen for 10 s while the pack delivers 20 kW (200 kJ): stuck; the same hold while
+    # the car drives and regenerates in turn (net energy about 0): a real hold
+    t = seconds(0, 10)
+    delivering = [frame(VIN, 1, t[-1] + 100, {SOC: (t, [61.5] * 10), POWER: (t, [20_000.0] * 10)})]
+    regen = [frame(VIN, 2, seconds(20, 10)[-1] + 100,
+                   {SOC: (seconds(20, 10), [55.0] * 10), POWER: (seconds(20, 10), [20_000.0, -20_000.0] * 5)})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(delivering))
+    assert of_signal(result, delivering, SOC) == ["kept"] + ["dropped.stuck"] * 9
+    assert reference.clean(readings_of(delivering)).outcome == result.outcome.tolist()
+    other, other_reference = shipped(catalog)
+    result = other.clean(readings_of(regen))
+    assert set(of_signal(result, regen, SOC)) == {"kept"}
+    assert other_reference.clean(readings_of(regen)).outcome == result.outcome.tolist()
+
+
+def test_a_cross_checked_run_continues_across_batches(catalog) -> None:  # type: ignore[no-untyped-def]
+    # SoC held at 20 kW across two batches, neither holding 60 kJ on its own: 40 kJ over the
+    # first batch's 3 readings, then the run goes on and crosses 60 kJ in the second
+    first = [frame(VIN, 1, seconds(0, 3)[-1] + 100, {SOC: (seconds(0, 3), [70.0] * 3),
+                                                      POWER: (seconds(0, 3), [20_000.0] * 3)})]
+    second = [frame(VIN, 2, seconds(3, 3)[-1] + 100, {SOC: (seconds(3, 3), [70.0] * 3),
+                                                       POWER: (seconds(3, 3), [20_000.0] * 3)})]
+    cleaner, reference = shipped(catalog)
+    a = cleaner.clean(readings_of(first))
+    assert set(of_signal(a, first, SOC)) == {"kept"}  # 40 kJ so far: not yet
+    b = cleaner.clean(readings_of(second))
+    assert of_signal(b, second, SOC) == ["dropped.stuck"] * 3  # the run goes on: 80 kJ and more
+    for batch, result in ((first, a), (second, b)):
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_rule_without_a_reference_threshold_is_rejected(tmp_path: Path, catalog) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as err:
+        parse_cleaning_config("stuck:\n  Vehicle.Speed:\n    against: Vehicle.Acceleration.Longitudinal\n",
+                              file="c.yaml")
+    assert "min_reference" in str(err.value) and err.value.line == 2
+    path = tmp_path / "cleaning.yaml"
+    path.write_text("stuck:\n  Vehicle.Speed: {against: Vehicle.Accel, min_reference: 1}\n")
+    with pytest.raises(ConfigError) as unknown:
+        Cleaner(catalog, load_cleaning_config(path))
+    assert unknown.value.rule == "key stuck.Vehicle.Speed.against" and "not in the catalog" in str(unknown.value)
+
+
+def test_plain_rule_keeps_working_without_a_reference(catalog) -> None:  # type: ignore[no-untyped-def]
+    config = load_cleaning_config().model_copy(update={"stuck": {ACCEL: StuckRule(min_duration_ms=500,
+                                                                                   min_count=5)}})
+    t = seconds(0, 8, 0.1)
+    batch = [frame(VIN, 1, t[-1] + 100, {ACCEL: (t, [0.31, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4])})]
+    result = Cleaner(catalog, config).clean(readings_of(batch))
+    assert of_signal(result, batch, ACCEL) == ["kept", "kept"] + ["dropped.stuck"] * 5 + ["kept"]
