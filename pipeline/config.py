@@ -55,7 +55,9 @@ class Settings(BaseSettings):
         "timestamps, which time-based retention deletes on arrival; -1 keeps by size only.")
 
     # --- Worker ------------------------------------------------------------------------------
-    batch_size: int = Field(1000, ge=1, description="Most records per core batch (larger batches amortise per-batch costs).")
+    batch_size: int = Field(
+        4000, ge=1, description="Most records per core batch. Larger batches amortise per-batch costs (objects, "
+        "handler set-up); a batch is formed as soon as the core is free, so at low rates batches stay small.")
     batch_wait_s: float = Field(0.2, gt=0, description="Longest a ready record waits for its batch to fill.")
     max_inflight_batches: int = Field(
         4, ge=1, description="Batches between assembly and commit at once: the bound on memory and the "
@@ -63,6 +65,11 @@ class Settings(BaseSettings):
     put_concurrency: int = Field(16, ge=1, description="Object PUTs in flight at once.")
     fetch_max_records: int = Field(2000, ge=1, description="Most records one fetch hands to the batch path.")
     fetch_max_partition_bytes: int = Field(4 << 20, ge=1 << 16, description="Most bytes a fetch returns per partition.")
+    plan_in_process: bool = Field(
+        True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
+        "in parallel with the core; false: in a thread of the worker.")
+    gil_switch_interval_s: float = Field(
+        0.0005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval).")
     align_max_wait_ms: int = Field(
         500, ge=0, description="How long a partition's leading ingest topic is held back for the other to "
         "deliver (as Kafka Streams' max.task.idle.ms); then the quiet topic counts as idle.")

@@ -41,9 +41,13 @@ class BatchResult:
     handler_stats: dict[str, Any] = field(default_factory=dict)
     route_result: Any = None  # the router's RouteResult, for webhook delivery at the edge
     route_specs: dict[str, Any] = field(default_factory=dict)  # route -> its spec (retry, dead letter)
+    by_record: np.ndarray | None = None  # readings_by_record(), once computed (see slim())
+    ok_frames: np.ndarray | None = None  # frames_ok(), once computed
 
     def readings_by_record(self) -> np.ndarray:
         """Matrix [record, reason] of reading counts, so any subset of records can be accounted."""
+        if self.by_record is not None:
+            return self.by_record
         n_rec, n_reason = len(self.records), max(len(self.reasons), 1)
         if not len(self.decoded):
             return np.zeros((n_rec, n_reason), dtype=np.int64)
@@ -53,9 +57,35 @@ class BatchResult:
 
     def frames_ok(self) -> np.ndarray:
         """Bool per record: decoded into a frame (the rest were dead-lettered at decode)."""
+        if self.ok_frames is not None:
+            return self.ok_frames
         ok = np.zeros(len(self.records), dtype=bool)
         ok[self.decoded.frames.record] = True
         return ok
+
+    def slim(self) -> BatchResult:
+        """What the output plan needs of this result, small enough to send to another
+        process: the decoded readings become their per-record account, records keep their
+        place but lose value and headers (except those dead-lettered, sent whole), and the
+        router's result keeps only its failed events."""
+        keep = {id(dl.record) for dl in self.dead_letters}
+        records = [r if id(r) in keep else RawRecord(r.topic, r.partition, r.offset, r.key, None, (), r.timestamp_ms)
+                   for r in self.records]
+        failed = getattr(self.route_result, "failed", None)
+        return BatchResult(
+            records=records, decoded=Readings.empty(), clean=self.clean, repaired=self.repaired,
+            outcome=np.zeros(0, dtype=np.int8), reasons=self.reasons, events=self.events, routed=self.routed,
+            targets=self.targets, dead_letters=self.dead_letters, unmatched=self.unmatched,
+            route_result=None if self.route_result is None else SlimRouteResult(failed or {}),
+            route_specs=self.route_specs, by_record=self.readings_by_record(), ok_frames=self.frames_ok(),
+        )
+
+
+@dataclass(slots=True)
+class SlimRouteResult:
+    """The part of a RouteResult the output plan reads: events set aside for dead letters."""
+
+    failed: dict[str, EventBatch]
 
 
 MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01: later (or negative) times are handler bugs

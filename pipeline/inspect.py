@@ -66,8 +66,12 @@ async def topic_summary(settings: Settings) -> tuple[dict[str, int], Counter[str
                     for m in msgs:
                         headers = dict(m.headers or ())
                         if topic == settings.topic_dlq:
-                            reasons[f"{headers.get('dlq_stage', b'?').decode()}:"
-                                     f"{headers.get('dlq_reason', b'?').decode()}"] += 1
+                            if "ce_dlqroute" in headers:  # a routed event a route could not let out
+                                reasons[f"route:{headers['ce_dlqroute'].decode()}:"
+                                         f"{headers.get('ce_dlqreason', b'?').decode()}"] += 1
+                            else:  # a frame that failed before routing
+                                reasons[f"{headers.get('dlq_stage', b'?').decode()}:"
+                                         f"{headers.get('dlq_reason', b'?').decode()}"] += 1
                         elif topic not in samples:
                             samples[topic] = {
                                 "headers": {k: v.decode(errors="replace") for k, v in headers.items()},

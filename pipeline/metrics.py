@@ -33,6 +33,12 @@ SEGMENTS_FLUSHED = Counter("pipeline_segments_flushed_total", "Segments flushed 
 CONSUMER_LAG = Gauge("pipeline_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
 BACKPRESSURE = Gauge("pipeline_backpressure", "1 while a sink is failing and consumption waits")
 RELOADS = Counter("pipeline_reloads_total", "Hot reloads of rules or functions", ["what", "result"])
+INGEST_WAIT = Counter(
+    "pipeline_ingest_wait_seconds_total",
+    "Time the batch assembler waited, by what for: slots (in-flight bound, i.e. backpressure), "
+    "records (nothing ready), core (the previous batch still in the core)", ["waiting_for"])
+ALIGN_IDLE_RELEASES = Counter(
+    "pipeline_align_idle_releases_total", "Partitions released without waiting for a quiet ingest topic")
 E2E_LATENCY = Histogram(
     "pipeline_end_to_end_seconds", "From record timestamp to outputs durable (record time)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),

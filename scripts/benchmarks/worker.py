@@ -284,12 +284,25 @@ async def threaded_items(windows: Iterator[list[Item]], ahead: int = 3) -> Async
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    """User + system CPU time so far of a process and its live children (the worker's
+    output-plan encoder is a child process), from /proc/<pid>/stat."""
+    def own(p: int) -> tuple[int, float]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = own(pid)[1]
     except (OSError, ValueError, IndexError):
         return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            try:
+                parent, seconds = own(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                total += seconds
+    return total
 
 
 def runqueue_wait_seconds(pid: int) -> float | None:
@@ -675,6 +688,8 @@ async def phase_worker(run: Run, topics: dict[str, str], ledger: Ledger) -> dict
     sinks = {s: metric_sum(samples, "pipeline_sink_seconds_sum", sink=s) for s in ("s3", "kafka")}
     outcomes = {dict(lab)["outcome"]: v for (n, lab), v in samples.items() if n == "pipeline_readings_total"}
     timers = {dict(lab)["part"]: v for (n, lab), v in samples.items() if n == "bench_worker_seconds_total"}
+    waits = {dict(lab)["waiting_for"]: v for (n, lab), v in samples.items()
+             if n == "pipeline_ingest_wait_seconds_total"}
     return {
         "frames": ledger.total_records, "readings": total, "seconds": seconds,
         "startup_seconds": first - launched,
@@ -687,6 +702,7 @@ async def phase_worker(run: Run, topics: dict[str, str], ledger: Ledger) -> dict
         "stage_seconds": stages, "sink_seconds": sinks,
         "other_seconds": seconds - stages["total"] - sinks["s3"] - sinks["kafka"],
         "adapter_seconds": timers,
+        "assembler_wait_seconds": waits,
         "worker_counted": {
             "frames_in": metric_sum(samples, "pipeline_frames_in_total"),
             "readings_in": metric_sum(samples, "pipeline_readings_in_total"),
@@ -910,7 +926,8 @@ def traced_worker_main() -> None:
     """`worker.py _traced-worker`: `pipeline worker` unchanged, plus timers of the runtime's
     stages that the core's histograms do not have, served on its metrics port as
     `bench_worker_seconds{part}`: the core thread's busy time (`core_thread`: core + metrics),
-    the encode thread's (`plan`: routed-event encoding, Parquet, manifests) and the summed
+    the time batches spent waiting for their output plans (`plan`: routed-event encoding,
+    Parquet, manifests, in the encoder process or thread) and the summed
     time batches spent writing their plans (`write`: PUTs and produces, overlapping)."""
     from prometheus_client import Counter
 
@@ -938,7 +955,7 @@ def traced_worker_main() -> None:
         return wrapper
 
     BatchIngest._core_job = timed("core_thread", BatchIngest._core_job)  # type: ignore[method-assign]
-    BatchIngest._plan = timed("plan", BatchIngest._plan)  # type: ignore[method-assign]
+    BatchIngest._plan_stage = timed_async("plan", BatchIngest._plan_stage)  # type: ignore[method-assign]
     BatchIngest._write = timed_async("write", BatchIngest._write)  # type: ignore[method-assign]
     sys.argv = ["pipeline", "worker"]
     cli_main()
@@ -1119,8 +1136,10 @@ def print_report(result: dict[str, Any]) -> None:
         if {"core_thread", "plan", "write"} <= timers.keys():
             rows += [("core thread busy", timers["core_thread"]),
                      ("core thread idle", wall - timers["core_thread"]),
-                     ("encode thread: plan, Parquet", timers["plan"]),
+                     ("output plans (encoder, overlapping)", timers["plan"]),
                      ("writing plans (overlapping)", timers["write"])]
+        for what, sec in sorted((w.get("assembler_wait_seconds") or {}).items()):
+            rows.append((f"assembler waited for {what}", sec))
         for name, sec in rows:
             label = "core total" if name == "total" else name
             print(f"  {label:30} {sec:8.2f} s {100 * sec / wall:5.1f}% {1000 * sec / batches:8.1f} ms/batch")

@@ -23,16 +23,16 @@ _pipeline_ensure_venv() {
             echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
             return 1
         fi
-        echo "creating .venv with $python ($("$python" --version 2>&1))"
+        echo "creating .venv with $python ($("$python" --version 2>&1))" >&2
         "$python" -m venv .venv
         rm -f .venv/.installed
     fi
     if [[ ! -f .venv/.installed || pyproject.toml -nt .venv/.installed ]]; then
-        echo "installing the project into .venv (pip install -e '.[dev]')..."
+        echo "installing the project into .venv (pip install -e '.[dev]')..." >&2
         .venv/bin/python -m pip install --quiet --upgrade pip
         .venv/bin/python -m pip install --quiet -e '.[dev]'
         touch .venv/.installed
-        echo "installed: $(.venv/bin/python --version 2>&1), project from pyproject.toml"
+        echo "installed: $(.venv/bin/python --version 2>&1), project from pyproject.toml" >&2
     fi
 }
 

@@ -175,3 +175,16 @@ def test_events_that_break_a_routes_policy_go_once_each_to_its_dead_letter_targe
     counted = sum(orjson.loads(o.body)["dead_letters"].get("route:dept.leak:policy_violation", 0)
                   for o in framed.objects if o.key.startswith("manifests/"))
     assert counted == ended
+
+
+def test_the_slim_result_sent_to_the_encoder_process_plans_the_same_bytes(result: Any) -> None:
+    import pickle
+
+    full = plan_outputs(result, dlq_topic=DLQ)
+    slim = pickle.loads(pickle.dumps(result.slim()))  # as the encoder process receives it
+    again = plan_outputs(slim, dlq_topic=DLQ)
+    assert [(o.key, o.body, o.metadata) for o in again.objects] == [(o.key, o.body, o.metadata) for o in full.objects]
+    assert [(m.topic, m.key, m.value, m.headers) for m in again.messages + routed_messages(again)] == \
+        [(m.topic, m.key, m.value, m.headers) for m in full.messages + routed_messages(full)]
+    assert again.offsets == full.offsets
+    assert len(pickle.dumps(result.slim())) < len(pickle.dumps(result)) / 2
