@@ -22,13 +22,18 @@ ACCEL = "Vehicle.Acceleration.Longitudinal"
 
 
 def frame(vin: str, seq: int, t0: int, speed: float, brake: bool = False) -> EncodedRecord:
+    """5 s of a car at `speed`, as sensors report it: accelerometer noise around 0 (a real one
+    never repeats a value, and cleaning drops one that does as stuck), and a speed that
+    follows the acceleration (cleaning cross-checks the two)."""
     t1 = t0 + np.arange(5) * 1000
     t10 = t0 + np.arange(50) * 100
-    accel = np.zeros(50)
+    rng = np.random.default_rng(seq * 1009 + sum(vin.encode()))
+    accel = rng.normal(0.0, 0.05, 50)
     if brake:
-        accel[10:16] = -6.0  # 600 ms at -6 m/s^2: harsh braking (threshold 4.4, at least 100 ms)
+        accel[10:16] += -6.0  # 600 ms at about -6 m/s^2: harsh braking (threshold 4.4, at least 100 ms)
+    kmh = np.clip(speed + np.cumsum(accel) * 0.1 * 3.6, 0, None) if speed else np.zeros(50)
     return encode_frame("sensor", {"vin": vin, "seq": seq, "sent_at": int(t0 + 5000),
-                                   "samples": {SPEED: {"t": t1, "v": np.full(5, speed)},
+                                   "samples": {SPEED: {"t": t1, "v": kmh[::10].copy()},
                                                ACCEL: {"t": t10, "v": accel}}})
 
 
