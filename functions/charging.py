@@ -102,22 +102,19 @@ def charging(batch: HandlerInput, ctx: HandlerContext) -> None:
 def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
     """End the open sessions of vehicles that fell silent at their last charging reading, with
     the values kept in state; the origin is the vehicle's last frame."""
-    stored = ctx.states(batch.silent)
-    if not stored:
+    spans = ops.stored_spans(ctx.states(batch.silent))
+    if spans is None:
         return
-    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    sts = list(stored.values())
-    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
-    end_t = np.array([int(st["last_t"]) for st in sts], dtype=np.int64)
-    soc_start, soc_end, max_kw, lat, lon = (np.array([_f(st.get(k)) for st in sts])
-                                            for k in ("soc_start", "soc_last", "max_power_kw", "lat", "lon"))
+    v, start_t, end_t = spans.vehicle, spans.start_t, spans.last_t
+    soc_start, soc_end, max_kw, lat, lon = spans.values("soc_start", "soc_last", "max_power_kw", "lat", "lon")
     energy = np.clip(soc_end - soc_start, 0, None) / 100.0 * float(ctx.config["battery_capacity_kwh"])
     ctx.emit("fleet.charging.ended", time=end_t, origin=batch.first_record(v), vehicle=v,
-             data={"session_id": np.array([st["session_id"] for st in sts], dtype=object), "end_reason": "silent",
+             data={"session_id": np.array([st["session_id"] for st in spans.states], dtype=object),
+                   "end_reason": "silent",
                    "energy_kwh": np.round(energy, 3), "duration_s": (end_t - start_t) / 1000.0,
                    "soc_start_pct": soc_start, "soc_end_pct": soc_end, "max_power_kw": np.round(max_kw, 2),
                    "location.lat": lat, "location.lon": lon})
-    ctx.save_states(dict.fromkeys(stored.keys()))
+    ctx.save_states(dict.fromkeys(v.tolist()))
 
 
 def _f(x: Any) -> float:

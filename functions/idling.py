@@ -83,20 +83,18 @@ def idling(batch: HandlerInput, ctx: HandlerContext) -> None:
 def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
     """End the idle periods of vehicles that fell silent at their last idle reading (an event if
     long enough), from what state kept; the origin is the vehicle's last frame."""
-    stored = ctx.states(batch.silent)
-    if not stored:
+    spans = ops.stored_spans(ctx.states(batch.silent))
+    if spans is None:
         return
-    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    sts = list(stored.values())
-    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
-    duration_ms = np.array([int(st["last_t"]) for st in sts], dtype=np.int64) - start_t
+    v, start_t = spans.vehicle, spans.start_t
+    duration_ms = spans.last_t - start_t
     long = duration_ms >= int(ctx.config["min_duration_s"]) * 1000
     if long.any():
-        lat, lon = (np.array([_f(st.get(k)) for st in sts]) for k in ("lat", "lon"))
+        lat, lon = spans.values("lat", "lon")
         ctx.emit("fleet.driving.idling", time=start_t[long], origin=batch.first_record(v[long]), vehicle=v[long],
                  data={"duration_s": duration_ms[long] / 1000.0, "end_reason": "silent",
                        "location.lat": lat[long], "location.lon": lon[long]})
-    ctx.save_states(dict.fromkeys(stored.keys()))
+    ctx.save_states(dict.fromkeys(v.tolist()))
 
 
 def _f(x: Any) -> float:

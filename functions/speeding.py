@@ -100,20 +100,18 @@ def speeding(batch: HandlerInput, ctx: HandlerContext) -> None:
 def _end_silent(batch: HandlerInput, ctx: HandlerContext) -> None:
     """End the speeding runs of vehicles that fell silent at their last reading (an event if long
     enough), from what state kept; the origin is the vehicle's last frame."""
-    stored = ctx.states(batch.silent)
-    if not stored:
+    spans = ops.stored_spans(ctx.states(batch.silent))
+    if spans is None:
         return
-    v = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    sts = list(stored.values())
-    start_t = np.array([int(st["start_t"]) for st in sts], dtype=np.int64)
-    duration_ms = np.array([int(st["last_t"]) for st in sts], dtype=np.int64) - start_t
+    v, start_t = spans.vehicle, spans.start_t
+    duration_ms = spans.last_t - start_t
     long = duration_ms >= int(ctx.config["min_duration_ms"])
     if long.any():
-        peak, limit, lat, lon = (np.array([_f(st.get(k)) for st in sts])[long] for k in ("peak", "limit", "lat", "lon"))
+        peak, limit, lat, lon = (c[long] for c in spans.values("peak", "limit", "lat", "lon"))
         ctx.emit("fleet.driving.speeding", time=start_t[long], origin=batch.first_record(v[long]), vehicle=v[long],
                  data={"speed_kmh": np.round(peak, 1), "limit_kmh": limit, "end_reason": "silent",
                        "duration_ms": duration_ms[long], "location.lat": lat, "location.lon": lon})
-    ctx.save_states(dict.fromkeys(stored.keys()))
+    ctx.save_states(dict.fromkeys(v.tolist()))
 
 
 def _f(x: Any) -> float:

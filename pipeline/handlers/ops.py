@@ -472,3 +472,30 @@ def nearest_rows(sv: npt.ArrayLike, st: npt.ArrayLike, skeys: IntArray, qv: npt.
             continue
         out.append(best if max_dist_ms is None or d <= max_dist_ms else -1)
     return np.array(out, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class StoredSpans:
+    """Open spans (a charging session, an idling spell, a speeding run ...) as a stateful
+    handler keeps them per vehicle: `start_t` and `last_t` (epoch ms) and other values."""
+
+    vehicle: IntArray
+    states: list[Mapping[str, Any]]
+    start_t: IntArray
+    last_t: IntArray
+
+    def values(self, *keys: str) -> list[FloatArray]:
+        """A float column per key over the spans, NaN where a state lacks it."""
+        return [np.array([np.nan if st.get(k) is None else float(st[k]) for st in self.states], dtype=np.float64)
+                for k in keys]
+
+
+def stored_spans(stored: Mapping[int, Mapping[str, Any]]) -> StoredSpans | None:
+    """The open spans among stored states (`ctx.states(...)`), or None when there are none;
+    what handlers close when their vehicles fall silent (`batch.silent`)."""
+    if not stored:
+        return None
+    states = list(stored.values())
+    return StoredSpans(np.fromiter(stored, dtype=np.int64, count=len(stored)), states,
+                       np.array([int(st["start_t"]) for st in states], dtype=np.int64),
+                       np.array([int(st["last_t"]) for st in states], dtype=np.int64))
