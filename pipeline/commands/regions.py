@@ -1,0 +1,75 @@
+"""`pipeline regions`: the region model, each region's worker settings, status, and the drill."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+FILE_HELP = "Regions file (default: $REGIONS_FILE; without one, a single region)."
+
+
+def register(app: typer.Typer) -> None:
+    regions_app = typer.Typer(help="Regions: home of each vehicle, worker settings, replication status, drill.",
+                              no_args_is_help=True)
+    app.add_typer(regions_app, name="regions")
+
+    @regions_app.command("home")
+    def home(vins: list[str] = typer.Argument(..., help="VINs."),
+             file: Path = typer.Option(None, "--file", help=FILE_HELP)) -> None:
+        """Print each VIN's home region."""
+        from pipeline.regions import load
+
+        regions = load(file)
+        for vin in vins:
+            typer.echo(f"{vin}\t{regions.home_of(vin)}")
+
+    @regions_app.command("env")
+    def env(region: str = typer.Argument(..., help="Region name."),
+            file: Path = typer.Option(None, "--file", help=FILE_HELP)) -> None:
+        """Print the environment of a region's workers (`export` lines for a shell)."""
+        from pipeline.regions import load
+
+        regions = load(file)
+        if region not in regions.regions:
+            raise typer.BadParameter(f"unknown region {region!r}; known: {regions.names}")
+        for key, value in regions.regions[region].worker_env().items():
+            typer.echo(f"export {key}={value}")
+
+    @regions_app.command("status")
+    def status(file: Path = typer.Option(None, "--file", help=FILE_HELP),
+               topics: str = typer.Option(None, help="Regex of mirrored topics (default $MIRROR_TOPICS "
+                                          "or route\\..*|pipeline\\.dlq)."),
+               json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+        """Per region: workers' consumer lag, MirrorMaker's replication lag per topic, last checkpoint."""
+        import os
+
+        from pipeline.config import get_settings
+        from pipeline.region_ops import DEFAULT_TOPICS, region_status
+        from pipeline.regions import load
+
+        settings = get_settings()
+        pattern = topics or os.environ.get("MIRROR_TOPICS") or DEFAULT_TOPICS
+        rows = asyncio.run(region_status(load(file), list(settings.ingest_topics), pattern))
+        if json_out:
+            typer.echo(orjson.dumps([{k: getattr(r, k) for k in r.__slots__} for r in rows],
+                                    option=orjson.OPT_INDENT_2).decode())
+        else:
+            table = Table("region", "reachable", "consumer lag", "from", "topic", "source end",
+                          "replicated", "lag (records)", "lag (s)", "last checkpoint", title="regions")
+            for r in rows:
+                if not r.replication:
+                    table.add_row(r.name, "yes" if r.reachable else f"[red]no[/] {r.error or ''}",
+                                  str(r.consumer_lag), "", "", "", "", "", "", "")
+                for t in r.replication:
+                    age = r.last_checkpoint_age_s.get(t.source)
+                    table.add_row(r.name, "yes", str(r.consumer_lag), t.source, t.topic, str(t.source_end),
+                                  str(t.replicated), str(t.lag_records), f"{t.lag_s:.1f}",
+                                  "none" if age is None else f"{age:.0f}s ago")
+            console.print(table)
+        raise typer.Exit(0 if all(r.reachable for r in rows) else 3)
