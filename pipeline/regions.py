@@ -23,8 +23,8 @@ by the CloudEvents id, which is deterministic (`route_topics`, `Deduplicator`).
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
-import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,8 @@ class Regions(BaseModel):
         if self.home.default != HASH:
             return self.home.default
         names = sorted(self.regions)
-        return names[zlib.crc32(vin.encode()) % len(names)]
+        digest = hashlib.blake2b(vin.encode(), digest_size=8).digest()
+        return names[int.from_bytes(digest, "big") % len(names)]
 
     def rehome(self, vin: str, region: str) -> Regions:
         """These regions with `vin` moved to `region` (its state follows through the changelog)."""
