@@ -164,8 +164,9 @@ def mm2_properties(layout: RegionServices) -> str:
         *(f"{name}.bootstrap.servers = {boot}" for name, boot in layout.bootstraps.items()),
         f"{a}->{b}.enabled = true",
         f"{b}->{a}.enabled = true",
-        f"topics = {layout.topics}",
-        f"groups = {layout.groups}",
+        # a properties file: a regex's backslashes are written twice
+        "topics = " + layout.topics.replace("\\", "\\\\"),
+        "groups = " + layout.groups.replace("\\", "\\\\"),
         "replication.policy.class = org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
         "# one broker per region",
         "replication.factor = 1",

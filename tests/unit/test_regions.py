@@ -114,5 +114,5 @@ def test_mm2_config_replicates_both_ways_with_offset_sync() -> None:
     for line in ("clusters = eu, us", "eu->us.enabled = true", "us->eu.enabled = true",
                  "eu.bootstrap.servers = 127.0.0.1:9092", "us.bootstrap.servers = 127.0.0.1:9192",
                  "sync.group.offsets.enabled = true", "emit.checkpoints.enabled = true",
-                 r"topics = route\..*|pipeline\.dlq"):
+                 r"topics = route\\..*|pipeline\\.dlq"):
         assert line in text
