@@ -23,9 +23,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.lag import read_group_lag
-from pipeline.regions import Regions
-
-DEFAULT_TOPICS = r"route\..*|pipeline\.dlq"
+from pipeline.region_services import DEFAULT_TOPICS
+from pipeline.regions import Region, Regions
 
 
 @dataclass(slots=True)
@@ -191,3 +190,37 @@ async def region_status(regions: Regions, ingest_topics: list[str], topics: str 
                                                         region.kafka_bootstrap, topics)
             status.last_checkpoint_age_s[source] = await last_checkpoint_age(source, region.kafka_bootstrap)
     return out
+
+
+async def rehome_state(vin: str, source: Region, target: Region, partitions: int) -> int:
+    """Carry a vehicle's handler state (open trip, charging session, geofence membership, ...)
+    from `source` to `target`: its latest entries in the replica MirrorMaker keeps in the
+    target (`<source>.<source app_id>-handler-state`) are written to the target's own
+    changelog, in the partition the vehicle's frames will take there. The target's workers
+    load it when they take that partition (start them, or restart the one that owns it,
+    after this). Returns the entries carried (0: nothing to carry)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.handlers.state import split_key
+    from pipeline.state_sync import changelog_topic, ensure_changelog
+
+    replica = f"{source.name}.{source.app_id}-handler-state"
+    latest: dict[bytes, bytes | None] = {}
+    for record in await _read_all(target.kafka_bootstrap, replica, timeout_s=20):
+        if record.key is not None and split_key(record.key.decode())[1] == vin:
+            latest[record.key] = record.value
+    if not latest:
+        return 0
+    settings = target.settings().model_copy(update={"partitions": partitions})
+    await ensure_changelog(settings)
+    every = list(range(partitions))
+    partition = DefaultPartitioner()(vin.encode(), every, every)
+    producer = AIOKafkaProducer(bootstrap_servers=target.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in latest.items():
+            await producer.send_and_wait(changelog_topic(settings), value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+    return len(latest)

@@ -20,7 +20,7 @@ MirrorMaker the replicated heartbeat topic in each direction (`a.heartbeats` on 
 
 Environment (beside pipeline.services'): REGION_NAMES ("a,b"), KAFKA_PORT_B (KAFKA_PORT+100),
 KAFKA_CONTROLLER_PORT_B (KAFKA_CONTROLLER_PORT+100), MIRROR_TOPICS (the regex of topics to
-replicate, `route\\..*|pipeline\\.dlq`), MIRROR_GROUPS (consumer groups whose offsets are
+replicate, `route\\..*|pipeline\\.dlq|.*-handler-state`), MIRROR_GROUPS (consumer groups whose offsets are
 translated, `.*`).
 """
 
@@ -63,7 +63,8 @@ from pipeline.services import (
     say,
 )
 
-DEFAULT_TOPICS = r"route\..*|pipeline\.dlq"
+# routed events, dead letters, and handler-state changelogs (for re-homing a vehicle)
+DEFAULT_TOPICS = r"route\..*|pipeline\.dlq|.*-handler-state"
 DEFAULT_GROUPS = ".*"
 
 

@@ -41,10 +41,37 @@ def register(app: typer.Typer) -> None:
         for key, value in regions.regions[region].worker_env().items():
             typer.echo(f"export {key}={value}")
 
+    @regions_app.command("rehome")
+    def rehome(vin: str = typer.Argument(..., help="The vehicle."),
+               to: str = typer.Option(..., "--to", help="Its new home region."),
+               source: str = typer.Option(None, "--from", help="Its old home (default: its home now)."),
+               partitions: int = typer.Option(None, help="Ingest partitions in the new region "
+                                              "(default PARTITIONS)."),
+               file: Path = typer.Option(None, "--file", help=FILE_HELP)) -> None:
+        """Carry a vehicle's handler state to its new home region (from MirrorMaker's replica of
+        the old region's changelog). Then list the VIN under `home.vins` in the regions file and
+        start (or restart) the new region's worker that owns its partition."""
+        from pipeline.config import get_settings
+        from pipeline.region_ops import rehome_state
+        from pipeline.regions import load
+
+        regions = load(file)
+        old = source or regions.home_of(vin)
+        for name in (old, to):
+            if name not in regions.regions:
+                raise typer.BadParameter(f"unknown region {name!r}; known: {regions.names}")
+        if old == to:
+            raise typer.BadParameter(f"{vin} is already homed in {to}")
+        carried = asyncio.run(rehome_state(vin, regions.regions[old], regions.regions[to],
+                                           partitions or get_settings().partitions))
+        typer.echo(f"{vin}: {carried} handler-state entries carried from {old} to {to}")
+        typer.echo(f"next: add `{vin}: {to}` under home.vins in the regions file, and (re)start the "
+                   f"worker of {to} that owns the vehicle's partition")
+
     @regions_app.command("status")
     def status(file: Path = typer.Option(None, "--file", help=FILE_HELP),
                topics: str = typer.Option(None, help="Regex of mirrored topics (default $MIRROR_TOPICS "
-                                          "or route\\..*|pipeline\\.dlq)."),
+                                          "or route\\..*|pipeline\\.dlq|.*-handler-state)."),
                json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Per region: workers' consumer lag, MirrorMaker's replication lag per topic, last checkpoint."""
         import os
