@@ -189,6 +189,7 @@ class DrillResult:
     routed_in_a: int = 0
     routed_a_missing_in_b: int = 0
     lag_under_10s_after_return_s: float | None = None
+    lag_last_seen: str = ""  # the worst topic's replication lag at the last look
     worker_restarts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -292,9 +293,14 @@ async def run_drill(layout: RegionServices, folder: Path, *, outage_s: float = 6
     workers[a].ensure_running()
     # replication lag back under 10 s: polled each second for up to a minute after the return
     while time.monotonic() - returned < 60:
-        with contextlib.suppress(Exception):
+        try:
             rows = await replication_lag(a, layout.bootstraps[a], b, layout.bootstraps[b], layout.topics)
-            if rows and max(r.lag_s for r in rows) < 10:
+        except Exception as exc:  # noqa: BLE001 - a broker still settling: ask again
+            result.lag_last_seen = f"{type(exc).__name__}: {exc}"
+        else:
+            worst = max(rows, key=lambda r: r.lag_s, default=None)
+            result.lag_last_seen = f"{worst.topic}: {worst.lag_s:.1f}s, {worst.lag_records} records" if worst else ""
+            if rows and worst is not None and worst.lag_s < 10:
                 result.lag_under_10s_after_return_s = round(time.monotonic() - returned, 1)
                 break
         await asyncio.sleep(1)

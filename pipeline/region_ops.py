@@ -6,7 +6,8 @@ MirrorMaker 2 keeps its own progress where anyone can read it: on each target cl
 copied (flushed every offset.flush.interval.ms, 1 s locally), and
 `<source>.checkpoints.internal` holds the translated consumer-group offsets. Replication lag
 of a partition is what the source holds beyond that offset: in records, and in seconds as
-the age of the oldest record not yet copied (0 when nothing waits).
+the age of the oldest record not yet copied, capped by the time since MirrorMaker last
+advanced on that partition (0 when nothing waits).
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ async def _read_all(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[
         await consumer.stop()
 
 
-async def mirror_progress(source: str, target_bootstrap: str) -> dict[TopicPartition, int]:
-    """The next source offset MirrorMaker will copy, per source topic-partition (its offsets)."""
-    done: dict[TopicPartition, int] = {}
+async def mirror_progress(source: str, target_bootstrap: str) -> dict[TopicPartition, tuple[int, float]]:
+    """Per source topic-partition, the next source offset MirrorMaker will copy and when it
+    last recorded progress there (epoch seconds, from its offsets records)."""
+    done: dict[TopicPartition, tuple[int, float]] = {}
     for record in await _read_all(target_bootstrap, f"mm2-offsets.{source}.internal"):
         try:
             name, part = orjson.loads(record.key)
@@ -93,7 +95,8 @@ async def mirror_progress(source: str, target_bootstrap: str) -> dict[TopicParti
             continue
         if name != "MirrorSourceConnector" or part.get("cluster") != source or value is None:
             continue
-        done[TopicPartition(part["topic"], int(part["partition"]))] = int(value["offset"]) + 1
+        done[TopicPartition(part["topic"], int(part["partition"]))] = (int(value["offset"]) + 1,
+                                                                        record.timestamp / 1000)
     return done
 
 
@@ -130,8 +133,10 @@ async def replication_lag(source: str, source_bootstrap: str, target: str, targe
             described = await admin.describe_topics(None)
         finally:
             await admin.close()
+        # the target's own topics copied into the source (`<target>.x`) are not copied back
         counts = {d["topic"]: len(d.get("partitions") or []) for d in described
-                  if pattern.fullmatch(d["topic"]) and not d.get("error_code")}
+                  if pattern.fullmatch(d["topic"]) and not d.get("error_code")
+                  and not d["topic"].startswith(f"{target}.")}
         names = sorted(counts)
         tps = [TopicPartition(t, p) for t in names for p in range(counts[t])]
         ends = await consumer.end_offsets(tps) if tps else {}
@@ -141,20 +146,26 @@ async def replication_lag(source: str, source_bootstrap: str, target: str, targe
         waiting: list[tuple[TopicPartition, int]] = []
         for tp in tps:
             row = out[tp.topic]
-            done = max(progress.get(tp, starts[tp]), starts[tp])
+            done = max(progress.get(tp, (starts[tp], 0.0))[0], starts[tp])
             row.source_end += ends[tp]
             row.replicated += min(done, ends[tp])
             row.lag_records += max(0, ends[tp] - done)
             if ends[tp] > done:
                 waiting.append((tp, done))
-        if waiting:  # age of the oldest record not copied yet
+        if waiting:
+            # How long the oldest record not copied yet has waited: its age, but no more than
+            # the time since MirrorMaker last advanced on the partition (records can carry
+            # old event times as their timestamps: replays, routed events).
             consumer.assign([tp for tp, _ in waiting])
             for tp, offset in waiting:
                 consumer.seek(tp, offset)
                 batch = await consumer.getmany(tp, timeout_ms=2000, max_records=1)
                 for record in batch.get(tp, [])[:1]:
+                    age = now - record.timestamp / 1000
+                    if tp in progress:
+                        age = min(age, now - progress[tp][1])
                     row = out[tp.topic]
-                    row.lag_s = max(row.lag_s, now - record.timestamp / 1000)
+                    row.lag_s = max(row.lag_s, max(0.0, age))
         return list(out.values())
     finally:
         await consumer.stop()
