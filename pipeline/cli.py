@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "pipeline.commands.contract",  # contract (AsyncAPI document)
     "pipeline.commands.ui",        # ui (the operator's page)
     "pipeline.commands.dlq",       # dlq replay --route
+    "pipeline.commands.regions",   # regions home | env | status | drill
 )
 
 

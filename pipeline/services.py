@@ -417,8 +417,8 @@ def ensure_jars(service: LocalService) -> None:
     """
     if _jars(service.libs):
         return
-    version = KAFKA_VERSION if service.name == "kafka" else S3PROXY_VERSION
-    product = "Kafka" if service.name == "kafka" else "S3Proxy"
+    version = S3PROXY_VERSION if service.name == "s3" else KAFKA_VERSION
+    product = {"kafka": "Kafka", "s3": "S3Proxy", "mirrormaker": "MirrorMaker 2"}[service.name]
     mvn = shutil.which("mvn")
     if not mvn:
         raise ServiceError(f"no {product} jars in {service.libs} and mvn is not installed")
@@ -980,11 +980,16 @@ def main(argv: list[str] | None = None) -> int:
         "else local Java processes under .services/.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("start", help="start both services (no-op for one that answers)")
-    commands.add_parser("stop", help="stop both services and check that nothing is left")
+    start_cmd = commands.add_parser("start", help="start both services (no-op for one that answers)")
+    stop_cmd = commands.add_parser("stop", help="stop both services and check that nothing is left")
     commands.add_parser("reset", help="stop both services and delete their data (topics, offsets, "
                         "objects); stop the workers first")
-    commands.add_parser("status", help="show each endpoint; exit 0 if both answer, else 3")
+    status_cmd = commands.add_parser("status", help="show each endpoint; exit 0 if both answer, else 3")
+    for command in (start_cmd, stop_cmd, status_cmd):
+        command.add_argument(
+            "--regions", type=int, choices=(1, 2), default=1,
+            help="2: also region B's broker and MirrorMaker 2 between the regions "
+            "(pipeline/region_services.py)")
     logs = commands.add_parser("logs", help="print a service's log")
     logs.add_argument("service", nargs="?", choices=NAMES, help="kafka or s3 (default both)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -992,14 +997,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = ServiceSettings.from_env()
+        regions = getattr(args, "regions", 1)
         if args.command == "start":
             start(settings)
+            if regions == 2:
+                from pipeline import region_services
+
+                region_services.start_regions(region_services.RegionServices.from_env(2, settings))
         elif args.command == "stop":
+            if regions == 2:
+                from pipeline import region_services
+
+                region_services.stop_regions(region_services.RegionServices.from_env(2, settings))
             stop(settings)
         elif args.command == "reset":
             reset(settings)
         elif args.command == "status":
-            return _print_status(settings)
+            code = _print_status(settings)
+            if regions == 2:
+                from pipeline import region_services
+
+                layout = region_services.RegionServices.from_env(2, settings)
+                for name, ok in region_services.region_status(layout).items():
+                    say(f"{name:<14}{'answers' if ok else 'not answering'}")
+                    code = code if ok else 3
+            return code
         else:
             names = [args.service] if args.service else list(NAMES)
             return _logs(settings, names, args.follow, args.lines)

@@ -187,6 +187,8 @@ def register(app: typer.Typer) -> None:
         compression: Compression = "none",
         acks: Acks = "1",
         as_json: AsJson = False,
+        region: str = typer.Option(None, help="Send only the vehicles homed in this region, to its "
+                                   "brokers (regions file: $REGIONS_FILE; see README Regions)."),
     ) -> None:
         """Replay a recording, or the recorded Twizy EV trips, into the ingest topics.
 
@@ -202,14 +204,35 @@ def register(app: typer.Typer) -> None:
         pacer = Pacer(speed=_parse_speed(speed), max_gap_s=max_gap, readings_per_s=rate,
                       frames_per_s=frames_per_second)
         options = _options(linger_ms, batch_bytes, compression, acks)
+        settings, keep = _home_region(settings, region)
         if twizy:
-            summary = _replay_twizy(settings, twizy_dir, mapping, vehicles, frame_seconds, pacer, options, out)
+            summary = _replay_twizy(settings, twizy_dir, mapping, vehicles, frame_seconds, pacer, options, out,
+                                    keep=keep)
         else:
-            summary = _replay_recording(settings, file, pacer, options, out)
+            summary = _replay_recording(settings, file, pacer, options, out, keep=keep)
+        if region:
+            summary["region"] = region
         _print_replay(summary, as_json)
 
 
 # --- runners ------------------------------------------------------------------------------------
+
+
+def _home_region(settings: Any, region: str | None) -> tuple[Any, Any]:
+    """Settings pointed at `region`'s brokers and a filter keeping the records of vehicles
+    homed there (by key = VIN); unchanged settings and no filter without a region."""
+    if not region:
+        return settings, None
+    from pipeline.regions import load
+
+    regions = load()
+    if region not in regions.regions:
+        raise typer.BadParameter(f"unknown region {region!r}; known: {regions.names}")
+
+    def keep(item: tuple[Any, int]) -> bool:
+        return regions.home_of((item[0].key or b"").decode()) == region
+
+    return settings.model_copy(update={"kafka_bootstrap": regions.regions[region].kafka_bootstrap}), keep
 
 
 def _simulate_to_kafka(config: Any, settings: Any, truth_file: Path | None, rate: float | None,
@@ -244,9 +267,13 @@ def _simulate_to_kafka(config: Any, settings: Any, truth_file: Path | None, rate
 
 
 def _run_items(items: Iterator[tuple[Any, int]], settings: Any, pacer: Any, options: Any, out: Path | None,
-               total: float | None, advance: Any, description: str, metadata: dict[str, Any]) -> dict[str, Any]:
+               total: float | None, advance: Any, description: str, metadata: dict[str, Any],
+               keep: Any = None) -> dict[str, Any]:
     from pipeline.recording import RecordingWriter
     from pipeline.replay import ProduceStats, produce
+
+    if keep is not None:
+        items = (item for item in items if keep(item))
 
     with _progress(total) as progress:
         task = progress.add_task(description, total=total, frames=0, readings=0, rate=0.0, frate=0.0)
@@ -288,20 +315,22 @@ def _run_items(items: Iterator[tuple[Any, int]], settings: Any, pacer: Any, opti
     return summary
 
 
-def _replay_recording(settings: Any, file: Path, pacer: Any, options: Any, out: Path | None) -> dict[str, Any]:
+def _replay_recording(settings: Any, file: Path, pacer: Any, options: Any, out: Path | None,
+                      keep: Any = None) -> dict[str, Any]:
     from pipeline.recording import RecordingReader
     from pipeline.replay import recording_items
 
     reader = RecordingReader(file)
     summary = _run_items(recording_items(reader, settings), settings, pacer, options, out,
                          float(reader.size), lambda: float(reader.bytes_read), f"replay {file.name}",
-                         {**reader.metadata, "replayed_from": str(file)})
+                         {**reader.metadata, "replayed_from": str(file)}, keep)
     summary["source"] = str(file)
     return summary
 
 
 def _replay_twizy(settings: Any, twizy_dir: Path | None, mapping_path: Path | None, vehicles: int,
-                  frame_seconds: float, pacer: Any, options: Any, out: Path | None) -> dict[str, Any]:
+                  frame_seconds: float, pacer: Any, options: Any, out: Path | None, keep: Any = None
+                  ) -> dict[str, Any]:
     from pipeline.replay import (
         TWIZY_CREDIT,
         default_twizy_dir,
@@ -330,7 +359,7 @@ def _replay_twizy(settings: Any, twizy_dir: Path | None, mapping_path: Path | No
     topics = {"sensor": settings.topic_sensor, "gps": settings.topic_gps}
     summary = _run_items(counted(), settings, pacer, options, out, float(expected), lambda: float(sent[0]),
                          "replay twizy", {"created_by": "pipeline replay --twizy", "topics": topics,
-                                          "credit": TWIZY_CREDIT})
+                                          "credit": TWIZY_CREDIT}, keep)
     summary["source"] = str(folder)
     summary["trips"] = len(trips)
     summary["vehicles"] = vehicles

@@ -21,6 +21,9 @@ def test_compose_file_is_valid_and_lists_the_services() -> None:
     assert {"kafka", "minio", "minio-init", "worker", "replay", "autoscaler", "ui", "prometheus",
             "grafana"} <= services
     assert "service grafana image=grafana/grafana" in done.stdout and "profiles=monitoring" in done.stdout
+    # the two-region profile: region b's broker and workers, and MirrorMaker 2
+    assert {"kafka-b", "worker-b", "mirrormaker"} <= services
+    assert "service mirrormaker image=apache/kafka:3.9.1 profiles=regions" in done.stdout
 
 
 def test_compose_check_rejects_an_invalid_file(tmp_path: Path) -> None:
