@@ -118,6 +118,8 @@ def register(app: typer.Typer) -> None:
         compression: Compression = "none",
         acks: Acks = "1",
         as_json: AsJson = False,
+        region: str = typer.Option(None, help="With --to kafka: send only the vehicles homed in this region, "
+                                   "to its brokers (regions file: $REGIONS_FILE; see README Regions)."),
     ) -> None:
         """Simulate a fleet (EVs and combustion cars around a city) with injected faults.
 
@@ -136,12 +138,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--to must be file or kafka")
         if to == "file" and out is None:
             raise typer.BadParameter("give --out FILE (or --to kafka)")
+        if region and to != "kafka":
+            raise typer.BadParameter("--region goes with --to kafka; a recording holds the whole fleet "
+                                     "(replay it with `pipeline replay FILE --region R`)")
         spec = "none" if no_faults else ",".join(fault_rate or [])
         try:
             rates = parse_fault_rates(spec)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
         settings = _settings(sensor_topic, gps_topic)
+        settings, keep = _home_region(settings, region)
         _quiet_clients()
         config = SimConfig(vehicles=vehicles, duration_s=duration, seed=seed, start=start or DEFAULT_START,
                            ev_share=ev_share, frame_seconds=frame_seconds, fault_rates=rates, city=city,
@@ -161,7 +167,9 @@ def register(app: typer.Typer) -> None:
                 summary = simulate_to_recording(config, out, progress=tick)
             else:
                 summary = _simulate_to_kafka(config, settings, truth, rate, frames_per_second,
-                                             _options(linger_ms, batch_bytes, compression, acks), tick)
+                                             _options(linger_ms, batch_bytes, compression, acks), tick, keep)
+                if region:
+                    summary["region"] = region
         elapsed = time.monotonic() - began
         summary["elapsed_s"] = round(elapsed, 3)
         summary["readings_per_s"] = round(summary["readings"] / max(elapsed, 1e-9))
@@ -236,7 +244,7 @@ def _home_region(settings: Any, region: str | None) -> tuple[Any, Any]:
 
 
 def _simulate_to_kafka(config: Any, settings: Any, truth_file: Path | None, rate: float | None,
-                       frames_per_second: float | None, options: Any, tick: Any) -> dict[str, Any]:
+                       frames_per_second: float | None, options: Any, tick: Any, keep: Any = None) -> dict[str, Any]:
     from pipeline.replay import Pacer, produce
     from pipeline.sim.truth import TruthWriter
     from pipeline.simulate import FleetSimulator
@@ -250,7 +258,7 @@ def _simulate_to_kafka(config: Any, settings: Any, truth_file: Path | None, rate
             if writer is not None:
                 writer.write(rows)
             tick(sim)
-            yield from records
+            yield from (records if keep is None else (item for item in records if keep(item)))
 
     try:
         stats = asyncio.run(produce(items(), settings, options=options,

@@ -46,3 +46,16 @@ def test_replay_unknown_region_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
     result = CliRunner().invoke(app, ["replay", "--twizy", "--out", str(tmp_path / "x.rec"), "--region", "zz"])
     assert result.exit_code != 0
     assert "unknown region 'zz'" in result.output
+
+
+def test_simulate_region_needs_kafka_and_a_known_region(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    regions_file = tmp_path / "regions.yaml"
+    regions_file.write_text("regions:\n  a: {kafka_bootstrap: 'h:1', s3_bucket: b, app_id: g}\n")
+    monkeypatch.setenv("REGIONS_FILE", str(regions_file))
+    runner = CliRunner()
+    to_file = runner.invoke(app, ["simulate", "--vehicles", "2", "--duration", "10",
+                                  "--out", str(tmp_path / "x.rec"), "--region", "a"])
+    assert to_file.exit_code != 0 and "--region goes with --to kafka" in to_file.output
+    unknown = runner.invoke(app, ["simulate", "--vehicles", "2", "--duration", "10", "--to", "kafka",
+                                  "--region", "zz"])
+    assert unknown.exit_code != 0 and "unknown region 'zz'" in unknown.output
