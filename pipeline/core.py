@@ -63,6 +63,16 @@ class BatchResult:
         ok[self.decoded.frames.record] = True
         return ok
 
+    @classmethod
+    def without_readings(cls, records: list[RawRecord], *, clean: Readings | None = None,
+                         dead_letters: list[DeadLetter] | None = None) -> BatchResult:
+        """A result that accounts no reading: an idle signal's (its records were counted by the
+        batch that held them) or a batch the core failed on as a whole (all dead-lettered)."""
+        empty = Readings.empty()
+        return cls(records=records, decoded=empty, clean=empty if clean is None else clean,
+                   repaired=np.zeros(0, dtype=bool), outcome=np.zeros(0, dtype=np.int8), reasons=["kept"],
+                   events=EventBatch.empty(), routed={}, targets={}, dead_letters=dead_letters or [])
+
     def slim(self) -> BatchResult:
         """What the output plan needs of this result, small enough to send to another
         process: the decoded readings become their per-record account, records keep their
@@ -247,10 +257,7 @@ class Core:
         from pipeline.handlers import silent_batch
 
         clean = silent_batch([(r.key or b"").decode("utf-8", "replace") for r in records], records)
-        empty = Readings.empty()
-        result = BatchResult(records=records, decoded=empty, clean=clean, repaired=np.zeros(0, dtype=bool),
-                             outcome=np.zeros(0, dtype=np.int8), reasons=["kept"], events=EventBatch.empty(),
-                             routed={}, targets={}, dead_letters=[])
+        result = BatchResult.without_readings(records, clean=clean)
         if self.handlers is None or not records:
             return result
         t0 = time.perf_counter()

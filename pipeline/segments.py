@@ -153,6 +153,20 @@ def summarise(counts: dict[str, int]) -> dict[str, int]:
     return {"kept": kept, "repaired": repaired, "dropped": dropped}
 
 
+def event_objects(events: EventBatch, name: str, metadata: dict[str, str]) -> list[PutObject]:
+    """Derived events as Parquet, one object per type: `events/<type>/<hour of its first
+    event>/<name>.parquet`, with the type and row count added to `metadata`."""
+    objects = []
+    types = events.attrs["type"]
+    for etype in sorted(set(types.tolist())):
+        sel = events.take(types == etype)
+        hour = int(sel.attrs["time"].min()) // HOUR_MS * HOUR_MS
+        objects.append(PutObject(f"events/{etype}/{hive_prefix(hour)}/{name}.parquet", parquet_bytes(events_table(sel)),
+                                 "application/vnd.apache.parquet",
+                                 dict(metadata, rows=str(len(sel)), **{"event-type": etype})))
+    return objects
+
+
 def segment_objects(seg: Segment) -> list[PutObject]:
     """The objects of a segment: clean Parquet per record hour, events per type, manifest last."""
     import pyarrow as pa
@@ -190,15 +204,9 @@ def segment_objects(seg: Segment) -> list[PutObject]:
             objects.append(PutObject(key, parquet_bytes(part), "application/vnd.apache.parquet", meta))
     event_keys: list[str] = []
     if seg.events:
-        events = EventBatch.concat(seg.events)
-        types = events.attrs["type"]
-        for etype in sorted(set(types.tolist())):
-            sel = events.take(types == etype)
-            hour = int(sel.attrs["time"].min()) // HOUR_MS * HOUR_MS
-            key = f"events/{etype}/{hive_prefix(hour)}/{name}.parquet"
-            event_keys.append(key)
-            objects.append(PutObject(key, parquet_bytes(events_table(sel)), "application/vnd.apache.parquet",
-                                     dict(common_meta, rows=str(len(sel)), **{"event-type": etype})))
+        written = event_objects(EventBatch.concat(seg.events), name, common_meta)
+        event_keys = [o.key for o in written]
+        objects.extend(written)
     manifest = {
         "topic": seg.topic,
         "partition": seg.partition,

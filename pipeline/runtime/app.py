@@ -46,6 +46,15 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def faust_app(settings: Settings, **options: Any) -> faust.App:
+    """A Faust app on the settings' broker with raw keys and values, no tables' store, no web
+    server, a new group reading from the earliest offset; `options` add to or override these."""
+    return faust.App(settings.app_id, **{
+        **faust_broker_kwargs(settings), "value_serializer": "raw", "key_serializer": "raw",
+        "store": "memory://", "web_enabled": False, "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": settings.partitions, "datadir": str(settings.data_dir), **options})
+
+
 def to_raw_record(event: Any) -> RawRecord:
     """A Faust event as a RawRecord (the per-event baseline of the benchmark uses this)."""
     m = event.message
@@ -110,16 +119,9 @@ def route_topics(core: Core) -> list[str]:
 
 def create_app(settings: Settings, core: Core) -> tuple[faust.App, BatchIngest]:
     """The Faust app subscribed to both ingest topics, with the batch consumer."""
-    app = faust.App(
-        settings.app_id,
-        **faust_broker_kwargs(settings),
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=settings.partitions,
+    app = faust_app(
+        settings,
         topic_replication_factor=settings.replication_factor,
-        consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         stream_wait_empty=False,
         # A crashed replica's partitions move after 10 s instead of Kafka's default 45-60 s.
@@ -127,7 +129,6 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, BatchIngest]:
         broker_heartbeat_interval=3.0,
         broker_max_poll_records=settings.fetch_max_records,
         consumer_max_fetch_size=settings.fetch_max_partition_bytes,
-        datadir=str(settings.data_dir),
     )
     app.transport.Consumer = BatchConsumer  # type: ignore[misc]
     ingest = BatchIngest(settings, core)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import metrics
-from pipeline.batch import DeadLetter, EventBatch, RawRecord, Readings
+from pipeline.batch import DeadLetter, EventBatch, RawRecord
 from pipeline.config import Settings
 from pipeline.core import BatchResult, Core
 from pipeline.runtime.align import Aligner
@@ -89,13 +89,8 @@ class Batch:
 
 def failed_batch(records: list[RawRecord], exc: Exception) -> BatchResult:
     """The core failed as a whole on a batch: every record is dead-lettered with the error."""
-    empty = Readings.empty()
-    return BatchResult(
-        records=records, decoded=empty, clean=empty, repaired=np.zeros(0, dtype=bool),
-        outcome=np.zeros(0, dtype=np.int8), reasons=["kept"], events=EventBatch.empty(),
-        routed={}, targets={},
-        dead_letters=[DeadLetter(r, "core", "core_error", f"{type(exc).__name__}: {exc}") for r in records],
-    )
+    return BatchResult.without_readings(
+        records, dead_letters=[DeadLetter(r, "core", "core_error", f"{type(exc).__name__}: {exc}") for r in records])
 
 
 def observe(result: BatchResult, seconds: float, *, silent: bool = False) -> None:

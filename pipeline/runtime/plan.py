@@ -21,15 +21,11 @@ import orjson
 from pipeline.batch import DeadLetter, EventBatch, RawRecord
 from pipeline.core import BatchResult
 from pipeline.events import EncodedRecord, encode_event
-from pipeline.segments import Segment, add_to_segment, segment_objects, split_batch
+from pipeline.segments import Segment, add_to_segment, event_objects, segment_objects, split_batch
 from pipeline.sinks import (
-    HOUR_MS,
     OutMessage,
     PutObject,
     dead_letter_record,
-    events_table,
-    hive_prefix,
-    parquet_bytes,
     segment_name,
 )
 
@@ -228,24 +224,18 @@ def _plan_route_failures(result: BatchResult, plan: OutputPlan, dlq_topic: str) 
 
 
 def _plan_silent_events(result: BatchResult, plan: OutputPlan) -> None:
-    """Derived events of an idle signal, per input partition and type (no manifest: no input)."""
+    """Derived events of an idle signal, per input partition and type (no manifest: no input),
+    named from the offsets of the frames they came from, with `-silent`."""
     events = result.events
     if not len(events):
         return
-    part_of = [(r.topic, r.partition, r.offset) for r in result.records]
-    origin = events.origin
-    types = events.attrs["type"]
-    groups: dict[tuple[str, int, str], list[int]] = {}
-    for i, o in enumerate(origin.tolist()):
-        topic, partition, _ = part_of[int(o)]
-        groups.setdefault((topic, partition, str(types[i])), []).append(i)
-
-    for (topic, partition, etype), rows in sorted(groups.items()):
+    records = result.records
+    rows_of: dict[tuple[str, int], list[int]] = {}
+    for i, o in enumerate(events.origin.tolist()):
+        rows_of.setdefault((records[o].topic, records[o].partition), []).append(i)
+    for (topic, partition), rows in sorted(rows_of.items()):
         sel = events.take(np.asarray(rows, dtype=np.int64))
-        offsets = [part_of[int(o)][2] for o in sel.origin.tolist()]
+        offsets = [records[o].offset for o in sel.origin.tolist()]
         name = segment_name(topic, partition, min(offsets), max(offsets)) + "-silent"
-        hour = int(sel.attrs["time"].min()) // HOUR_MS * HOUR_MS
-        meta: dict[str, Any] = {"source-topic": topic, "source-partition": str(partition), "rows": str(len(sel)),
-                                "event-type": etype, "silent": "true"}
-        plan.objects.append(PutObject(f"events/{etype}/{hive_prefix(hour)}/{name}.parquet",
-                                      parquet_bytes(events_table(sel)), "application/vnd.apache.parquet", meta))
+        plan.objects.extend(event_objects(sel, name, {"source-topic": topic, "source-partition": str(partition),
+                                                      "silent": "true"}))

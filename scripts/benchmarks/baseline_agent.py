@@ -31,7 +31,7 @@ from pipeline.clean import load_cleaning_config  # noqa: E402
 from pipeline.clean.reference import ReferenceCleaner  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.events import decode_records  # noqa: E402
-from pipeline.runtime.app import faust_broker_kwargs, to_raw_record  # noqa: E402
+from pipeline.runtime.app import faust_app, to_raw_record  # noqa: E402
 
 
 def create_app(settings: Settings, agent: str = "per-event") -> faust.App:
@@ -39,19 +39,7 @@ def create_app(settings: Settings, agent: str = "per-event") -> faust.App:
     take = agent == "take"
     tuning: dict[str, Any] = {"stream_buffer_maxsize": max(4 * settings.batch_size, 4096),
               "broker_max_poll_records": settings.batch_size} if take else {}
-    app = faust.App(
-        settings.app_id,
-        **faust_broker_kwargs(settings),
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        topic_partitions=settings.partitions,
-        datadir=str(settings.data_dir),
-        **tuning,
-    )
+    app = faust_app(settings, broker_commit_interval=1.0, **tuning)
     catalog = load_catalog(settings.rules_dir / "signals.yaml")
     cleaner = ReferenceCleaner(catalog, load_cleaning_config(settings.rules_dir / "cleaning.yaml"))
     topic = app.topic(*settings.ingest_topics, key_type=bytes, value_type=bytes)
