@@ -176,6 +176,9 @@ class Worker:
                 self.proc.wait(10)
 
 
+IDLE_TIMEOUT_S = 5.0  # the drill workers' VEHICLE_IDLE_TIMEOUT_S
+
+
 @dataclass
 class DrillResult:
     outage_s: float
@@ -254,7 +257,10 @@ async def run_drill(layout: RegionServices, folder: Path, *, outage_s: float = 6
                "app_id": f"drill-{uid}-{name}"} for name in layout.names}})
     base = Settings()
     topics = {"sensor": base.topic_sensor, "gps": base.topic_gps}
-    common = {"PARTITIONS": "6", "BATCH_WAIT_S": "0.2", "BATCH_SIZE": "200", "LOG_LEVEL": "INFO"}
+    # a short idle timeout: after the traffic, every vehicle's open trip ends by the idle
+    # signal, so each region routes trip events (the drill checks they cross to the other)
+    common = {"PARTITIONS": "6", "BATCH_WAIT_S": "0.2", "BATCH_SIZE": "200", "LOG_LEVEL": "INFO",
+              "VEHICLE_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)}
     workers = {name: Worker(name, {**common, **regions.regions[name].worker_env()}, folder)
                for name in layout.names}
     result = DrillResult(outage_s=outage_s)
@@ -312,6 +318,8 @@ async def run_drill(layout: RegionServices, folder: Path, *, outage_s: float = 6
         settings = regions.regions[name].settings(base)
         if by_home[name] and not await _drained(settings, 90):
             say(f"drill: region {name}'s workers did not drain within 120 s (log {worker.log})")
+    say(f"drill: {IDLE_TIMEOUT_S + 5:.0f}s for the idle signal to end the vehicles' trips")
+    await asyncio.sleep(IDLE_TIMEOUT_S + 5)
     for worker in workers.values():
         worker.stop()
     from pipeline.reconcile import reconcile

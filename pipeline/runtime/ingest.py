@@ -192,6 +192,7 @@ class BatchIngest:
         self._resume: dict[TopicPartition, int] = {}  # where revoked partitions stopped
         self._seeking: dict[TopicPartition, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_crash: Callable[[BaseException], None] | None = None
         self._last_seen: dict[bytes, tuple[float, RawRecord]] = {}  # VIN -> (monotonic s, last frame)
         self._silenced: set[bytes] = set()
         self._next_silent_check = 0.0
@@ -237,6 +238,22 @@ class BatchIngest:
             await asyncio.get_running_loop().run_in_executor(self._encode_pool, warm_up)
         if not self._tasks:
             self._tasks = [asyncio.ensure_future(self._assemble()), asyncio.ensure_future(self._commit_loop())]
+            for task in self._tasks:
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """The assembler and the committer run for the worker's life: if one of them fails,
+        the worker would keep fetching and never process or commit again. Say so and crash
+        (`on_crash`: the Faust app stops, the process exits, a supervisor restarts it and the
+        group hands its partitions on), rather than hang with a growing lag."""
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.critical("ingest %s failed; the worker stops", task.get_coro().__qualname__, exc_info=exc)
+        if self.on_crash is not None:
+            self.on_crash(exc)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Finish what is in flight (up to `timeout_s`), commit it, stop the producer."""
@@ -451,11 +468,21 @@ class BatchIngest:
         return max(0.005, min(waits))
 
     async def _restore_state(self, records: list[RawRecord]) -> None:
+        """Handler state of the batch's partitions, read from the changelog before their first
+        batch. The broker may be unreachable (a restart, an outage): try again until it answers,
+        since a batch run without its vehicles' state would start their trips afresh."""
         if self.state is None or not records:
             return
         partitions = {r.partition for r in records}
-        if partitions - self.state.restored:
-            await self.state.restore(partitions)
+        delay = 0.5
+        while partitions - self.state.restored:
+            try:
+                await self.state.restore(partitions)
+            except Exception as exc:  # noqa: BLE001 - any broker error: wait and ask again
+                log.warning("handler state of partitions %s not restored (%s: %s); retrying in %.1f s",
+                            sorted(partitions - self.state.restored), type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _run(self, batch: Batch) -> None:
         """One batch through core, plan and write; resolves `batch.done` with its offsets."""

@@ -1,0 +1,88 @@
+"""The ingest's long-running tasks under failure: a changelog that does not answer is asked
+again (not given up on, which once left a worker fetching and never processing), and a task
+that fails crashes the worker instead of leaving it hanging. No services needed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipeline.batch import RawRecord
+from pipeline.config import Settings
+from pipeline.core import Core
+from pipeline.runtime.ingest import BatchIngest
+
+
+def ingest() -> BatchIngest:
+    settings = Settings(plan_in_process=False)  # type: ignore[call-arg]
+    return BatchIngest(settings, Core.from_settings(Settings(handlers_enabled=False)))  # type: ignore[call-arg]
+
+
+class FlakyChangelog:
+    """Handler-state changelog whose broker is down for the first `failures` reads."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.restored: set[int] = set()
+        self.calls = 0
+
+    async def restore(self, partitions: Any) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("broker not reachable")
+        self.restored.update(partitions)
+        return 0
+
+
+def record(partition: int) -> RawRecord:
+    return RawRecord("vehicle.sensor.raw", partition, 0, b"VIN", b"{}", [], 0)
+
+
+def test_state_restore_is_retried_until_the_changelog_answers(monkeypatch: Any) -> None:
+    it = ingest()
+    it.state = FlakyChangelog(failures=2)
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("pipeline.runtime.ingest.asyncio.sleep", no_sleep)
+    asyncio.run(it._restore_state([record(1), record(3)]))  # noqa: SLF001
+    assert it.state.restored == {1, 3}
+    assert it.state.calls == 3
+    assert slept == [0.5, 1.0]  # backs off between attempts
+
+
+def test_a_failed_ingest_task_crashes_the_worker() -> None:
+    it = ingest()
+    crashed: list[BaseException] = []
+    it.on_crash = crashed.append
+
+    async def main() -> None:
+        async def assemble() -> None:
+            raise RuntimeError("assembler died")
+
+        task = asyncio.ensure_future(assemble())
+        task.add_done_callback(it._task_done)  # noqa: SLF001 - as start() wires its tasks
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert len(crashed) == 1 and str(crashed[0]) == "assembler died"
+
+
+def test_a_stopping_ingest_does_not_crash_on_its_cancelled_tasks() -> None:
+    it = ingest()
+    crashed: list[BaseException] = []
+    it.on_crash = crashed.append
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asyncio.sleep(10))
+        task.add_done_callback(it._task_done)  # noqa: SLF001
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert crashed == []
