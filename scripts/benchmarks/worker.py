@@ -305,6 +305,14 @@ def cpu_seconds(pid: int) -> float | None:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
 def runqueue_wait_seconds(pid: int) -> float | None:
     """Time the process's main thread spent runnable but waiting for a CPU (/proc schedstat):
     how much other load on the machine slowed it down."""
@@ -853,8 +861,20 @@ async def paced_run(run: Run, phase: str, rate: float, seconds: float, rpvs: flo
     watcher = asyncio.create_task(watch())
     say(f"  sending about {rate:,.0f} readings/s for {seconds:.0f} s ({args.pacing} pacing) ...")
     sent_from = time.time()
+    cpu0 = (cpu_seconds(child.pid), time.process_time(), machine_cpu_seconds(), time.monotonic())
     produced = await produce(source, settings, ledger, pacer=pacer)
+    cpu1 = (cpu_seconds(child.pid), time.process_time(), machine_cpu_seconds(), time.monotonic())
     info["sent_from"] = sent_from
+    # Who used the machine while the load was sent (cores busy on average): the worker, this
+    # load generator, and the rest (broker, store, anything else running on the host).
+    wall = max(cpu1[3] - cpu0[3], 1e-9)
+    worker_cores = (cpu1[0] - cpu0[0]) / wall if cpu0[0] is not None and cpu1[0] is not None else None
+    busy = (cpu1[2][0] - cpu0[2][0]) / wall
+    info["cpu_cores_while_sending"] = {
+        "machine_busy": round(busy, 2), "machine_cores": os.cpu_count(),
+        "worker": None if worker_cores is None else round(worker_cores, 2),
+        "load_generator": round((cpu1[1] - cpu0[1]) / wall, 2),
+        "rest": None if worker_cores is None else round(busy - worker_cores - (cpu1[1] - cpu0[1]) / wall, 2)}
     ledger.freeze()
     sending.clear()
     try:
@@ -1121,6 +1141,10 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  worker p99 per batch: core {fmt(lat['batch_core_p99_s'], '.3f', ' s')}, "
               f"S3 PUTs of one segment {fmt(lat['segment_put_p99_s'], '.3f', ' s')}; "
               f"largest lag seen {fmt(lat['max_lag_records'])} records")
+        if cpu := lat.get("cpu_cores_while_sending"):
+            print(f"  cores busy while sending: {cpu['machine_busy']} of {cpu['machine_cores']} "
+                  f"(worker {cpu['worker']}, load generator {cpu['load_generator']}, "
+                  f"broker, store and the rest {cpu['rest']})")
     if w:
         wall = w["seconds"]
         batches = max(w["batches"], 1)
