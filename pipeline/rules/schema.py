@@ -1,7 +1,7 @@
 """The rules file format: typed models with a description, default and example for every field.
 
 A file under `rules/routes/` holds `routes:`, a list of `Route`s. `match` (an event
-pattern, see `patterns.py`) and `transform` (a list of steps, see `transform.py`) are
+pattern, see `patterns/`) and `transform` (a list of steps, see `transform/`) are
 validated by their compilers, which report the exact place of a mistake; everything else
 is validated here. `rules/README.md` is generated from these models.
 """
