@@ -133,8 +133,12 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, BatchIngest]:
     app.transport.Consumer = BatchConsumer  # type: ignore[misc]
     ingest = BatchIngest(settings, core)
     app.pipeline_ingest = ingest  # type: ignore[attr-defined]
-    # a failed ingest task crashes the app: the worker exits with status 1 (then restarted)
-    ingest.on_crash = lambda exc: asyncio.ensure_future(app.crash(exc))
+
+    def crash(exc: BaseException) -> None:
+        """A failed ingest task crashes the app: the worker exits with status 1 (then restarted)."""
+        asyncio.ensure_future(app.crash(exc))
+
+    ingest.on_crash = crash
     # Subscribed without an agent: the conductor subscribes the group to the topic, the
     # assignor co-partitions it, and BatchConsumer takes its records.
     app.topics.add(app.topic(*settings.ingest_topics, key_type=bytes, value_type=bytes,

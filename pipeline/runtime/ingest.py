@@ -237,7 +237,8 @@ class BatchIngest:
         if isinstance(self._encode_pool, ProcessPoolExecutor):  # start it (imports) before the first batch
             await asyncio.get_running_loop().run_in_executor(self._encode_pool, warm_up)
         if not self._tasks:
-            self._tasks = [asyncio.ensure_future(self._assemble()), asyncio.ensure_future(self._commit_loop())]
+            self._tasks = [asyncio.create_task(self._assemble(), name="batch assembler"),
+                           asyncio.create_task(self._commit_loop(), name="committer")]
             for task in self._tasks:
                 task.add_done_callback(self._task_done)
 
@@ -251,7 +252,7 @@ class BatchIngest:
         exc = task.exception()
         if exc is None:
             return
-        log.critical("ingest %s failed; the worker stops", task.get_coro().__qualname__, exc_info=exc)
+        log.critical("ingest %s failed; the worker stops", task.get_name(), exc_info=exc)
         if self.on_crash is not None:
             self.on_crash(exc)
 
