@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DLQ_TOPIC = "pipeline.dlq"  #: the dead-letter topic, unless TOPIC_DLQ says otherwise
+ROUTE_TOPIC_PREFIX = "route."  #: prefix of every route's topic (TOPIC_PREFIX_ROUTE)
 
 
 class Settings(BaseSettings):
@@ -45,8 +47,8 @@ class Settings(BaseSettings):
     app_id: str = Field("telemetry-pipeline", description="Faust app id = Kafka consumer group.")
     topic_sensor: str = "vehicle.sensor.raw"
     topic_gps: str = "vehicle.gps.raw"
-    topic_dlq: str = "pipeline.dlq"
-    topic_prefix_route: str = "route."
+    topic_dlq: str = DLQ_TOPIC
+    topic_prefix_route: str = ROUTE_TOPIC_PREFIX
     partitions: int = Field(6, ge=1, description="Partition count of the ingest topics (ceiling on worker parallelism).")
     replication_factor: int = Field(1, ge=1)
     topic_retention_ms: int = Field(

@@ -46,10 +46,3 @@ class DecodeError(PipelineError):
 class HandlerError(PipelineError):
     """A function handler failed or ran past its time budget."""
 
-
-class SinkError(PipelineError):
-    """An output (object store, topic, webhook) could not be made durable."""
-
-
-class ServiceUnavailable(PipelineError):
-    """A required service (Kafka, S3) did not answer within its deadline."""

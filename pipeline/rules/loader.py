@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline.config import DLQ_TOPIC, ROUTE_TOPIC_PREFIX
 from pipeline.errors import ConfigError, yaml_config_error
 from pipeline.rules.patterns import MATCH_ALL, Loc, Node, PatternGroupError, compile_pattern
 from pipeline.rules.policy import check_policy
@@ -31,8 +32,8 @@ from pipeline.rules.transform import Transform, TransformGroupError, compile_tra
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES_DIR = REPO_ROOT / "rules" / "routes"
-DEFAULT_TOPIC_PREFIX = "route."
-DEFAULT_DLQ_TOPIC = "pipeline.dlq"
+DEFAULT_TOPIC_PREFIX = ROUTE_TOPIC_PREFIX
+DEFAULT_DLQ_TOPIC = DLQ_TOPIC
 
 
 class RulesError(ConfigError):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.rules.columns import (
     CONTEXT_ATTRIBUTES,
     is_data_path,
@@ -443,7 +444,7 @@ def compile_pattern(spec: Any, loc: Loc = ()) -> Node:
     return node
 
 
-class PatternGroupError(ValueError):
+class PatternGroupError(PipelineError):
     """All errors found in one pattern."""
 
     def __init__(self, errors: list[PatternError]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.batch import BoolArray
+from pipeline.errors import PipelineError
 
 Loc = tuple[str | int, ...]
 
@@ -22,7 +23,7 @@ DATA_FIELD = re.compile(r"^[A-Za-z0-9_\-]+$")
 COMBINATORS = ("$or", "any", "all", "not")
 
 
-class PatternError(ValueError):
+class PatternError(PipelineError):
     """A pattern is malformed; `loc` is where inside the route's `match`, `path` the field."""
 
     def __init__(self, message: str, loc: Loc, path: str | None = None) -> None:

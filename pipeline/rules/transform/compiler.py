@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.errors import PipelineError
 from pipeline.rules.columns import (
     REQUIRED_ATTRIBUTES,
     is_data_path,
@@ -331,7 +332,7 @@ def flat_steps(transform: Transform) -> list[Step]:
     return out
 
 
-class TransformGroupError(ValueError):
+class TransformGroupError(PipelineError):
     """All errors found in one transform."""
 
     def __init__(self, errors: list[TransformError]) -> None:
