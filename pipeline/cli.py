@@ -16,7 +16,7 @@ app = typer.Typer(
 
 # Each module registers its own commands; listed here so `pipeline --help` is complete.
 COMMAND_MODULES = (
-    "pipeline.commands.ops",       # worker, status, config, services
+    "pipeline.commands.worker",    # worker, status, config, services
     "pipeline.commands.traffic",   # simulate, replay
     "pipeline.commands.quality",   # quality
     "pipeline.commands.rules",     # rules check | test | show

@@ -1,6 +1,6 @@
 """A summary of what the pipeline wrote: objects by prefix, route topics, dead letters.
 
-Run as `python -m pipeline.inspect`; the demo prints it at the end.
+Run as `python -m pipeline.inspection`; the demo prints it at the end.
 """
 
 from __future__ import annotations
