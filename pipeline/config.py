@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         "in parallel with the core; false: in a thread of the worker.")
     gil_switch_interval_s: float = Field(
         0.0005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval).")
+    gc_gen0_threshold: int = Field(
+        50_000, ge=0, description="Allocations between the worker's young-generation garbage collections "
+        "(Python's default 700; 0 keeps Python's thresholds).")
     align_max_wait_ms: int = Field(
         500, ge=0, description="How long a partition's leading ingest topic is held back for the other to "
         "deliver (as Kafka Streams' max.task.idle.ms); then the quiet topic counts as idle.")

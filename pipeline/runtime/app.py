@@ -174,6 +174,25 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, BatchIngest]:
     return app, ingest
 
 
+def tune_gc(settings: Settings) -> None:
+    """Collect cyclic garbage less often, and never scan what start-up built.
+
+    A batch allocates millions of short-lived containers (decoded frames, handler state
+    rows) and almost no reference cycles, and with Python's default threshold (700) the
+    collector ran hundreds of times per batch and scanned every live object (per-vehicle
+    state, buffered records) in its older generations: 7 % of the core's time and 45 % of the
+    handlers' on 60,000 simulated vehicles (measured with `gc.callbacks`). Objects
+    alive after start-up (modules, Faust, the core's tables) are frozen out of collection.
+    """
+    import gc
+
+    if settings.gc_gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, max(gen1, 20), max(gen2, 100))
+    gc.collect()
+    gc.freeze()
+
+
 def run_worker(settings: Settings) -> None:
     """`pipeline worker`: check config, create topics and bucket, start metrics, run Faust."""
     from faust.worker import Worker as FaustWorker
@@ -183,6 +202,7 @@ def run_worker(settings: Settings) -> None:
     # up waits that long to get it back, and both stages ran 1.4-2.9x slower than alone.
     sys.setswitchinterval(settings.gil_switch_interval_s)
     core = Core.from_settings(settings)
+    tune_gc(settings)
     asyncio.run(ensure_topics(settings, route_topics(core)))
     if core.handlers is not None:
         from pipeline.state_sync import ensure_changelog

@@ -608,6 +608,7 @@ def phase_profile(run: Run, batches: list[list[RawRecord]]) -> dict[str, Any]:
     import logging
 
     from pipeline.core import Core
+    from pipeline.runtime.app import tune_gc
     from pipeline.runtime.ingest import observe
     from pipeline.runtime.plan import plan_outputs
 
@@ -615,6 +616,7 @@ def phase_profile(run: Run, batches: list[list[RawRecord]]) -> dict[str, Any]:
     settings = Settings(rules_dir=run.rules_dir, s3_bucket=run.bucket, handlers_enabled=True,
                         rules_enabled=True)  # type: ignore[call-arg]
     core = Core.from_settings(settings)
+    tune_gc(settings)  # as the worker does
     spent: dict[str, float] = collections.defaultdict(float)
     readings = frames = objects = messages = 0
     began = time.perf_counter()

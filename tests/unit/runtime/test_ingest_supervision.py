@@ -1,6 +1,7 @@
-"""The ingest's long-running tasks under failure: a changelog that does not answer is asked
-again (not given up on, which once left a worker fetching and never processing), and a task
-that fails crashes the worker instead of leaving it hanging. No services needed."""
+"""The ingest's long-running tasks under failure, and the worker's interpreter settings: a
+changelog that does not answer is asked again (not given up on, which once left a worker
+fetching and never processing), a task that fails crashes the worker instead of leaving it
+hanging, and the garbage collector is tuned as documented. No services needed."""
 
 from __future__ import annotations
 
@@ -86,3 +87,21 @@ def test_a_stopping_ingest_does_not_crash_on_its_cancelled_tasks() -> None:
 
     asyncio.run(main())
     assert crashed == []
+
+
+def test_tune_gc_raises_the_young_threshold_and_freezes_start_up_objects() -> None:
+    import gc
+
+    from pipeline.runtime.app import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings(gc_gen0_threshold=12_345))  # type: ignore[call-arg]
+        assert gc.get_threshold()[0] == 12_345
+        assert gc.get_freeze_count() > 0
+        gc.unfreeze()
+        tune_gc(Settings(gc_gen0_threshold=0))  # type: ignore[call-arg]
+        assert gc.get_threshold()[0] == 12_345  # 0: left as it was
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
