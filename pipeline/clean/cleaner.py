@@ -238,9 +238,8 @@ class Cleaner:
         self.spikes: list[tuple[int, SpikeRule]] = [
             (signal_index(name, "spikes", name), rule) for name, rule in cfg.spikes.items()
         ]
-        self.stuck: list[tuple[int, StuckRule]] = [
-            (signal_index(name, "stuck", name), rule) for name, rule in cfg.stuck.items()
-        ]
+        checks = cfg.stuck_checks()
+        self.stuck: list[tuple[int, StuckRule]] = [(signal_index(c.signal, *c.path), c.rule) for c in checks]
         gps = cfg.gps
         self.lat_sig = signal_index(gps.latitude, "gps", "latitude")
         self.lon_sig = signal_index(gps.longitude, "gps", "longitude")
@@ -255,15 +254,15 @@ class Cleaner:
                                     self.spikes, self.n_signals)
             for window in sorted({r.window for _, r in self.spikes})}
         self.stuck_check = StuckCheck(StuckParams.of(
-            self.stuck, [signal_index(rule.against, "stuck", name, "against") if rule.against else -1
-                         for name, rule in cfg.stuck.items()], self.n_signals), self.signal_bits, STUCK)
+            self.stuck, [signal_index(c.rule.against, *c.path, "against") if c.rule.against else -1
+                         for c in checks], self.n_signals), [c.layer for c in checks], self.signal_bits, STUCK)
 
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(
             names,
             [names[s] for s, _ in self.spikes],
             tail,
-            [names[s] for s, _ in self.stuck],
+            [c.key for c in checks],
             cfg.duplicates.frame_memory,
             cfg.state.max_vehicles,
             gps.velocity_window // 2 + 1,
