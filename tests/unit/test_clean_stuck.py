@@ -184,3 +184,27 @@ def test_checks_of_one_signal_run_in_passes(catalog) -> None:  # type: ignore[no
     assert "cannot have checks of its own" in str(err.value)
     # a cleaner's history has one column per check, named by its key
     assert [c.key for c in config.stuck_checks()] == Cleaner(catalog, config).state.stuck_signals
+
+
+def test_cold_oil_held_while_the_engine_runs_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # oil frozen at 55.0 for 60 s while the engine turns at 2000 rpm (the coolant, regulated
+    # at 88, gives no sign): 1500 revolutions without a change are more than the engine's
+    # heat allows; the same hold with the engine at idle speed 0 (ignition on, engine off)
+    # passes
+    t, tr = seconds(0, 13, 5.0), seconds(0, 121, 0.5)
+    rpm = "Vehicle.Powertrain.CombustionEngine.Speed"
+
+    def batch(engine: float) -> list[dict]:
+        return [frame(VIN, 1, tr[-1] + 100, {OIL: (t, [55.0] * 13), COOLANT: (t, [88.0] * 13),
+                                             rpm: (tr, [engine] * 121)})]
+    running = batch(2000.0)
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(running))
+    outcomes = of_signal(result, running, OIL)
+    assert outcomes[:2] == ["kept", "kept"] and outcomes[-4:] == ["dropped.stuck"] * 4, outcomes
+    assert reference.clean(readings_of(running)).outcome == result.outcome.tolist()
+    off = batch(0.0)
+    other, other_reference = shipped(catalog)
+    result = other.clean(readings_of(off))
+    assert set(of_signal(result, off, OIL)) == {"kept"}
+    assert other_reference.clean(readings_of(off)).outcome == result.outcome.tolist()
