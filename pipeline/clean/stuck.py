@@ -182,8 +182,10 @@ class StuckCheck:
         # (or all of them when the run was already stuck in an earlier batch)
         onset = np.full(run_first.size, sub.size, dtype=np.int64)
         at_moved = np.flatnonzero(moved)
-        runs_moved, first_moved = np.unique(run_of[at_moved], return_index=True)
-        onset[runs_moved] = at_moved[first_moved]
+        if at_moved.size:
+            runs_moved = run_of[at_moved]  # non-decreasing: each run's first is where it changes
+            first_moved = np.flatnonzero(np.append(True, runs_moved[1:] != runs_moved[:-1]))
+            onset[runs_moved[first_moved]] = at_moved[first_moved]
         before = go_on & state.stuck_hit[slot, k]
         run_hit[first_run[before]] = True
         onset[first_run[before]] = 0
