@@ -143,11 +143,11 @@ def test_speed_frozen_at_zero_while_the_motor_turns_is_stuck_from_there(catalog)
 
 
 def test_speed_reaching_zero_while_the_motor_slows_is_a_real_stop(catalog) -> None:  # type: ignore[no-untyped-def]
-    # the motor's last reading before the stop (600 rpm, sampled 0.3 s earlier) predates
-    # the held zero: the run is measured from the motor's first reading once it began
+    # the motor's last reading before the held zero (300 rpm, 0.3 s before it) predates it:
+    # the run is measured from the motor's first reading once it began (0 rpm), not from it
     ts, tm = seconds(0, 12, 0.5), seconds(-0.3, 12, 0.5)
     speed = [15.0, 8.0] + [0.0] * 10
-    motor = [1200.0, 600.0] + [0.0] * 10
+    motor = [1200.0, 600.0, 300.0] + [0.0] * 9
     batch = [frame(VIN, 1, ts[-1] + 100, {SPEED: (ts, speed), MOTOR: (tm, motor)})]
     cleaner, reference = shipped(catalog)
     result = cleaner.clean(readings_of(batch))
