@@ -43,6 +43,7 @@ from pipeline.clean.groups import (
     window_median,
 )
 from pipeline.clean.state import NO_T, VehicleState
+from pipeline.clean.stuck import StuckCheck, StuckParams
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -194,39 +195,6 @@ class _SpikeParams:
         return p
 
 
-MEASURES = ("change", "integral", "integral_abs")
-
-
-@dataclass(slots=True)
-class _StuckParams:
-    """Stuck rules as arrays by catalog signal (`slot_of` -1 = not checked)."""
-
-    slot_of: IntArray
-    min_duration_ms: IntArray  # by stuck slot
-    min_count: IntArray
-    ignore: dict[int, FloatArray]  # stuck slot -> resting values
-    # cross-checks by stuck slot: reference signal (-1: none), measure (index into
-    # MEASURES), min_reference, max_gap_ms
-    ref_sig: IntArray
-    measure: IntArray
-    min_reference: FloatArray
-    max_gap_ms: IntArray
-
-    @classmethod
-    def of(cls, rules: list[tuple[int, StuckRule]], references: list[int], n_signals: int) -> _StuckParams:
-        slot_of = np.full(n_signals, -1, dtype=np.int64)
-        for k, (s, _) in enumerate(rules):
-            slot_of[s] = k
-        return cls(slot_of, np.asarray([r.min_duration_ms for _, r in rules], dtype=np.int64),
-                   np.asarray([r.min_count for _, r in rules], dtype=np.int64),
-                   {k: np.asarray(r.ignore_values, dtype=np.float64)
-                    for k, (_, r) in enumerate(rules) if r.ignore_values},
-                   np.asarray(references, dtype=np.int64).reshape(-1),
-                   np.asarray([MEASURES.index(r.measure) for _, r in rules], dtype=np.int64),
-                   np.asarray([r.min_reference for _, r in rules], dtype=np.float64),
-                   np.asarray([r.max_gap_ms for _, r in rules], dtype=np.int64))
-
-
 class Cleaner:
     """Cleans batches of readings against the catalog and `rules/cleaning.yaml`.
 
@@ -270,9 +238,8 @@ class Cleaner:
         self.spikes: list[tuple[int, SpikeRule]] = [
             (signal_index(name, "spikes", name), rule) for name, rule in cfg.spikes.items()
         ]
-        self.stuck: list[tuple[int, StuckRule]] = [
-            (signal_index(name, "stuck", name), rule) for name, rule in cfg.stuck.items()
-        ]
+        checks = cfg.stuck_checks()
+        self.stuck: list[tuple[int, StuckRule]] = [(signal_index(c.signal, *c.path), c.rule) for c in checks]
         gps = cfg.gps
         self.lat_sig = signal_index(gps.latitude, "gps", "latitude")
         self.lon_sig = signal_index(gps.longitude, "gps", "longitude")
@@ -286,16 +253,16 @@ class Cleaner:
             window: _SpikeParams.of([(s, r) for s, r in self.spikes if r.window == window],
                                     self.spikes, self.n_signals)
             for window in sorted({r.window for _, r in self.spikes})}
-        self.stuck_params = _StuckParams.of(
-            self.stuck, [signal_index(rule.against, "stuck", name, "against") if rule.against else -1
-                         for name, rule in cfg.stuck.items()], self.n_signals)
+        self.stuck_check = StuckCheck(StuckParams.of(
+            self.stuck, [signal_index(c.rule.against, *c.path, "against") if c.rule.against else -1
+                         for c in checks], self.n_signals), [c.layer for c in checks], self.signal_bits, STUCK)
 
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(
             names,
             [names[s] for s, _ in self.spikes],
             tail,
-            [names[s] for s, _ in self.stuck],
+            [c.key for c in checks],
             cfg.duplicates.frame_memory,
             cfg.state.max_vehicles,
             gps.velocity_window // 2 + 1,
@@ -413,7 +380,7 @@ class Cleaner:
         self._rate(rows)
         clock.lap("rate_of_change")
         if self.stuck:
-            self._stuck(rows)
+            self.stuck_check.run(rows, self.state)
         clock.lap("stuck")
 
         # --- outcome, output and history ---------------------------------------------------
@@ -988,169 +955,6 @@ class Cleaner:
                                    from_history(ends, groups, strict_g))
         if excursion.any():
             rows.code[idx[excursion]] = RATE_OF_CHANGE
-
-    def _stuck(self, rows: _Sorted) -> None:
-        """Runs of one unchanged value that last too long (continued from history).
-
-        A run is stuck once one of its readings has held for `min_duration_ms` and
-        `min_count` readings (and, for a cross-checked rule, the reference moved by
-        `min_reference` since the run began: its readings as they arrived, before this
-        check, measured within the batch); then all its repeats in the batch are dropped,
-        and the run's later readings while it lasts. Only series that can hold such a run
-        are worked out in full: those continuing a run from the last batch, holding
-        `min_count` equal readings in a row, or ending in a repeat (whose run the next
-        batch continues); the others just start a run.
-        """
-        p = self.stuck_params
-        idx = rows.alive(rows.rows_of(np.flatnonzero(p.slot_of[rows.gsig] >= 0)))
-        if not idx.size:
-            return
-        state = self.state
-        m = idx.size
-        x = rows.value[idx]
-        new = starts_of(rows.gkey[idx])
-        first = np.flatnonzero(new)
-        last = np.append(first[1:], m) - 1
-        head = idx[first]
-        slot, k = rows.vslot[rows.vehicle[head]], p.slot_of[rows.signal[head]]
-        t_first = rows.t[head]
-        go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
-        eq = np.zeros(m, dtype=bool)
-        eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
-        held_on = go_on.copy()  # continuing a run that could be stuck
-        for kk, values in p.ignore.items():  # runs of a resting value are never stuck
-            series = np.flatnonzero(k == kk)
-            if series.size:
-                at = ranges(first[series], last[series] - first[series] + 1)
-                eq[at[np.isin(x[at], values)]] = False
-                held_on[series] &= ~np.isin(x[first[series]], values)
-        # a series holds min_count equal readings in a row when the repeat min_count - 2
-        # repeats after one is min_count - 2 rows further on (repeats are few)
-        rep = np.flatnonzero(eq)
-        streak = np.zeros(first.size, dtype=bool)
-        if rep.size:
-            of = np.searchsorted(first, rep, side="right") - 1
-            span = p.min_count[k[of]] - 2
-            ahead = np.arange(rep.size) + span
-            inside = ahead < rep.size
-            streak[of[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
-        full = held_on | eq[last] | streak
-        t_last = rows.t[idx[last]]
-        newer = t_last > state.stuck_t[slot, k]
-        easy = newer & ~full  # the series ends on a fresh value: a run of one
-        us, uk = slot[easy], k[easy]
-        state.stuck_v[us, uk] = x[last][easy]
-        state.stuck_start[us, uk] = t_last[easy]
-        state.stuck_n[us, uk] = 1
-        state.stuck_t[us, uk] = t_last[easy]
-        state.stuck_hit[us, uk] = False
-        state.stuck_ref0[us, uk] = np.nan  # a run of one: the next batch measures from its start
-        if not full.any():
-            return
-        sel = np.flatnonzero(full)
-        sub = idx[ranges(first[sel], last[sel] - first[sel] + 1)]
-        x, t = rows.value[sub], rows.t[sub]
-        new_group = starts_of(rows.gkey[sub])
-        first = np.flatnonzero(new_group)
-        slot, k, go_on = slot[sel], k[sel], go_on[sel]
-        new_run = new_group.copy()
-        new_run[1:] |= x[1:] != x[:-1]
-        run_first = np.flatnonzero(new_run)
-        run_of = np.cumsum(new_run) - 1
-        run_start = t[run_first].copy()
-        run_offset = np.zeros(run_first.size, dtype=np.int64)
-        first_run = run_of[first]
-        run_start[first_run] = np.where(go_on, state.stuck_start[slot, k], run_start[first_run])
-        run_offset[first_run] = np.where(go_on, state.stuck_n[slot, k], 0)
-        in_run = np.arange(sub.size) - run_first[run_of] + 1 + run_offset[run_of]
-        since = t - run_start[run_of]
-        count = np.diff(np.append(first, sub.size))
-        row_k = np.repeat(k, count)
-        bad = (since >= p.min_duration_ms[row_k]) & (in_run >= p.min_count[row_k])
-        for kk, values in p.ignore.items():  # signals with resting values (few)
-            bad &= ~((row_k == kk) & np.isin(x, values))
-        run_ref0 = np.full(run_first.size, np.nan)
-        ref_next = np.full(first.size, np.nan)  # per series: where the next batch measures from
-        checked = np.flatnonzero(p.ref_sig[k] >= 0)
-        if checked.size:  # cross-checked rules: the reference must have moved
-            self._cross_check(rows, sub, t, first, count, k, slot, go_on, new_run, run_of, first_run, checked,
-                              bad, run_ref0, ref_next)
-        run_hit = np.zeros(run_first.size, dtype=bool)
-        run_hit[run_of[bad]] = True
-        run_hit[first_run[go_on]] |= state.stuck_hit[slot[go_on], k[go_on]]
-        bad = run_hit[run_of] & (in_run >= 2)
-        rows.code[sub[bad]] = STUCK
-        last = np.append(first[1:], sub.size) - 1
-        newer = t[last] > state.stuck_t[slot, k]
-        us, uk = slot[newer], k[newer]
-        state.stuck_v[us, uk] = x[last][newer]
-        state.stuck_start[us, uk] = run_start[run_of[last]][newer]
-        state.stuck_n[us, uk] = in_run[last][newer]
-        state.stuck_t[us, uk] = t[last][newer]
-        state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
-        state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
-
-    def _cross_check(self, rows: _Sorted, sub: IntArray, t: IntArray, first: IntArray, count: IntArray,
-                     k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
-                     first_run: IntArray, checked: IntArray, bad: BoolArray, run_ref0: FloatArray,
-                     ref_next: FloatArray) -> None:
-        """Keep in `bad` only the readings whose reference moved enough since their run began.
-
-        All cross-checked series at once: each series' reference (same vehicle) is laid out
-        beside it; its measure is the value (`change`) or the integral from its first reading
-        in the batch, 0 there, and 0 before it (unknown for `change`). `run_ref0` gets the
-        measure where each run began (a run from history: where it left off, or the first
-        reading of the batch); `ref_next` where the next batch measures each series' last
-        run from (relative to its own first reading, for an integral).
-        """
-        p, state = self.stuck_params, self.state
-        kc = k[checked]
-        veh = rows.vehicle[sub[first[checked]]]
-        integral = p.measure[kc] != 0
-        want = (veh.astype(np.int64) << self.signal_bits) | p.ref_sig[kc]
-        lo = np.searchsorted(rows.gkey, want, side="left")  # the reference's rows, if any
-        glen = np.searchsorted(rows.gkey, want, side="right") - lo
-        ref_rows = ranges(lo, glen)
-        owner = np.repeat(np.arange(checked.size), glen)
-        live = rows.code[ref_rows] == 0
-        ref_rows, owner = ref_rows[live], owner[live]
-        m_first = np.where(integral, 0.0, np.nan)
-        m_last = m_first.copy()
-        at = ranges(first[checked], count[checked])  # held readings, positions in `sub`
-        q_owner = np.repeat(np.arange(checked.size), count[checked])
-        now = np.where(integral[q_owner], 0.0, np.nan)
-        if ref_rows.size:
-            rt, rv = rows.t[ref_rows], rows.value[ref_rows]
-            kind = p.measure[kc][owner]
-            new = starts_of(owner)
-            o_first = np.flatnonzero(new)
-            o_count = np.diff(np.append(o_first, owner.size))
-            dt = np.zeros(rt.size, dtype=np.int64)
-            dt[1:] = np.diff(rt)
-            dt[new | (dt > p.max_gap_ms[kc][owner])] = 0
-            inc = np.where(kind == 2, np.abs(rv), rv) * (dt / 1000.0)
-            run = np.cumsum(inc)
-            measure = np.where(kind == 0, rv, run - np.repeat(run[o_first], o_count))
-            m_first[owner[o_first]] = measure[o_first]
-            m_last[owner[o_first]] = measure[o_first + o_count - 1]
-            tq = t[at]
-            t_lo = min(int(rt.min()), int(tq.min()))
-            span = max(int(rt.max()), int(tq.max())) - t_lo + 2
-            span = min(span, 2**62 // max(checked.size, 1))  # times too far apart: clipped
-            rkey = owner * span + np.minimum(rt - t_lo, span - 1)
-            pos = np.searchsorted(rkey, q_owner * span + np.minimum(tq - t_lo, span - 1), side="right") - 1
-            ok = pos >= 0
-            ok[ok] = owner[pos[ok]] == q_owner[ok]
-            now[ok] = measure[pos[ok]]
-        starts = new_run[at]
-        run_ref0[run_of[at[starts]]] = now[starts]
-        cont = np.flatnonzero(go_on[checked])
-        stored = state.stuck_ref0[slot[checked[cont]], kc[cont]]
-        run_ref0[first_run[checked[cont]]] = np.where(np.isnan(stored), m_first[cont], stored)
-        with np.errstate(invalid="ignore"):
-            bad[at] &= np.abs(now - run_ref0[run_of[at]]) >= p.min_reference[kc][q_owner]
-        end = run_ref0[run_of[first[checked] + count[checked] - 1]]
-        ref_next[checked] = np.where(integral, end - m_last, end)
 
     # --- result ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ line and dotted key (`ConfigError(rule="key spikes.Vehicle.Speed.window")`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -113,20 +114,27 @@ class StuckRule(_Section):
     vehicle) shows activity of at least `min_reference` since the run began: `change`
     |ref(t) - ref(start)|, `integral` |integral of ref dt| (seconds), `integral_abs` the
     integral of |ref| dt. Gaps in the reference longer than `max_gap_ms` add nothing.
+    Held values in `ignore_values` or at or above `rest_above` are resting values, never
+    stuck (a regulated temperature). `also`: more checks of the same signal (each a rule of its own, without `also`), run
+    after this one on the readings it kept: a run is stuck when any check finds it so.
     """
 
     min_duration_ms: int = Field(default=60_000, gt=0)
     min_count: int = Field(default=10, ge=2)
     ignore_values: tuple[float, ...] = ()
+    rest_above: float | None = None
     against: str | None = None
     measure: Literal["change", "integral", "integral_abs"] = "change"
     min_reference: float = Field(default=0.0, ge=0)
     max_gap_ms: int = Field(default=5_000, gt=0)
+    also: tuple[StuckRule, ...] = ()
 
     @model_validator(mode="after")
     def _reference_threshold(self) -> StuckRule:
         if self.against is not None and self.min_reference <= 0:
             raise ValueError("min_reference must be above 0 when the rule is checked against a signal")
+        if any(rule.also for rule in self.also):
+            raise ValueError("a check listed under also cannot have checks of its own")
         return self
 
 
@@ -183,6 +191,18 @@ class StateRules(_Section):
     max_vehicles: int = Field(default=50_000, ge=1)
 
 
+@dataclass(frozen=True, slots=True)
+class StuckCheckSpec:
+    """One stuck check: `key` names its history (the signal, or `signal#n` for its n-th
+    `also` check), `path` its place in the file."""
+
+    key: str
+    signal: str
+    rule: StuckRule
+    layer: int
+    path: tuple[str, ...]
+
+
 class CleaningConfig(_Section):
     """All cleaning rules. `source` and `lines` locate keys for later (catalog) checks."""
 
@@ -197,6 +217,19 @@ class CleaningConfig(_Section):
     state: StateRules = StateRules()
     source: str | None = Field(default=None, exclude=True)
     lines: dict[tuple[str, ...], int] = Field(default_factory=dict, exclude=True, repr=False)
+
+    def stuck_checks(self) -> list[StuckCheckSpec]:
+        """Every stuck check in the order they run: each signal's rule, then the first of
+        the checks their `also` lists, and so on (`layer` 0, 1, ...)."""
+        out = []
+        for layer in range(1 + max((len(r.also) for r in self.stuck.values()), default=0)):
+            for name, rule in self.stuck.items():
+                if layer == 0:
+                    out.append(StuckCheckSpec(name, name, rule, 0, ("stuck", name)))
+                elif layer <= len(rule.also):
+                    out.append(StuckCheckSpec(f"{name}#{layer}", name, rule.also[layer - 1], layer,
+                                              ("stuck", name, "also", str(layer - 1))))
+        return out
 
     @model_validator(mode="after")
     def _supported(self) -> CleaningConfig:

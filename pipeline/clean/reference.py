@@ -40,6 +40,7 @@ from pipeline.clean.cleaner import (
 from pipeline.clean.clock import ClockHistory, judge_vehicle
 from pipeline.clean.config import CleaningConfig
 from pipeline.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
+from pipeline.clean.stuck import ONSET_SHARE
 
 
 @dataclass(slots=True)
@@ -210,13 +211,14 @@ class ReferenceCleaner:
         for key in keys:
             self._rate(vins[key[0]], key[1], series[key], times, value, outcome)
         # references as they arrived, before any stuck reading is dropped
-        measures = {(vins[key[0]], name): self._reference(rule, series, key[0], times, value, outcome)
-                    for name, rule in cfg.stuck.items() if rule.against for key in keys if key[1] == name}
-        for name, stuck_rule in cfg.stuck.items():
+        checks = cfg.stuck_checks()
+        measures = {(vins[key[0]], c.key): self._reference(c.rule, series, key[0], times, value, outcome)
+                    for c in checks if c.rule.against for key in keys if key[1] == c.signal}
+        for c in checks:  # a signal's checks in turn, each on what the ones before kept
             for key in keys:
-                if key[1] == name:
-                    self._stuck(vins[key[0]], name, stuck_rule, series[key], times, value, outcome,
-                                measures.get((vins[key[0]], name)))
+                if key[1] == c.signal:
+                    self._stuck(vins[key[0]], c.key, c.rule, series[key], times, value, outcome,
+                                measures.get((vins[key[0]], c.key)))
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
@@ -484,14 +486,21 @@ class ReferenceCleaner:
             return
         integral = rule.measure != "change"
 
-        def measure_at(t: int) -> float | None:
+        def measure_at(t: int, since: int | None = None) -> float | None:
+            """The measure at `t`; a change only from readings at or after `since`."""
             if reference is None:
                 return None
             found: float | None = 0.0 if integral else None
             for rt, m in reference:
-                if rt <= t:
+                if rt <= t and (integral or since is None or rt >= since):
                     found = m
             return found
+
+        def measure_from(t: int) -> float | None:  # where a run begins: the first reading from t
+            for rt, m in reference or []:
+                if rt >= t:
+                    return m
+            return measure_at(t) if integral else None  # a change: from the next batch's first
 
         run = self.runs.get((vin, name))
         members: list[int] = []
@@ -501,20 +510,27 @@ class ReferenceCleaner:
                 ref0 = 0.0 if integral else (reference[0][1] if reference else None)
         else:
             current, start, count = value[alive[0]], times[alive[0]], 0
-            ref0, hit = measure_at(times[alive[0]]), False
+            ref0, hit = measure_from(times[alive[0]]), False
+        onset = hit or not rule.against  # stuck from where the reference began to move
         for i in alive:
             if value[i] != current:
                 current, start, count = value[i], times[i], 0
-                ref0, hit = measure_at(times[i]), False
+                ref0, hit = measure_from(times[i]), False
+                onset = not rule.against
                 members = []
             count += 1
-            if count >= 2:
+            moved: float | None = None
+            if rule.against:
+                now = measure_at(times[i], start)
+                moved = abs(now - ref0) if now is not None and ref0 is not None else None
+                onset = onset or (moved is not None and moved >= ONSET_SHARE * rule.min_reference)
+            if count >= 2 and onset:
                 members.append(i)
             held = (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
-                    and value[i] not in rule.ignore_values)
+                    and value[i] not in rule.ignore_values
+                    and (rule.rest_above is None or value[i] < rule.rest_above))
             if held and rule.against:
-                now = measure_at(times[i])
-                held = now is not None and ref0 is not None and abs(now - ref0) >= rule.min_reference
+                held = moved is not None and moved >= rule.min_reference
             hit = hit or held
             if hit:
                 for j in members:

@@ -40,7 +40,7 @@ class FaultKind:
 
 FAULTS: tuple[FaultKind, ...] = (
     FaultKind("spike", "reading", "readings", 1e-4, "one reading jumps by 25-60% of the signal's range, staying in range"),
-    FaultKind("stuck", "reading", "readings", 2e-4, "the sensor repeats one value for its next 5-50 samples (rows: readings that differ from the truth; the rate counts readings that change)"),
+    FaultKind("stuck", "reading", "readings", 2e-4, "the sensor repeats one value for its next 5-50 samples (rows: every reading it repeats, also where it equals the truth)"),
     FaultKind("dropout", "reading", "readings", 2e-4, "3-30 consecutive samples of a signal are missing (rows: the readings that were not sent)"),
     FaultKind("nan", "reading", "readings", 5e-5, "the value is NaN (null in JSON)"),
     FaultKind("out_of_range", "reading", "readings", 5e-5, "the value lies 5-100% of the range beyond min or max"),
@@ -402,12 +402,10 @@ class FaultInjector:
                 self.tally.injected["dropout"] += int(dropped.sum())
                 pre_coded = True
 
-        # stuck sensor (episodes): the value freezes at the onset reading
+        # stuck sensor (episodes): the value freezes at the onset reading; every reading the
+        # frozen sensor sends is a stuck row, those that happen to equal the truth as well
         if floating:
-            # a frozen value only shows where the signal moves: count those readings
-            moving = np.zeros(values.shape, dtype=bool)
-            moving[:, 1:] = values[:, 1:] != values[:, :-1]
-            self.tally.opportunities["stuck"] += int((eligible & moving).sum())
+            self.tally.opportunities["stuck"] += n_eligible
             until = self.stuck_until[rows, sig_index]
             carried = bool(until.max(initial=0) > t_min)
             if rates["stuck"] > 0 or carried:
@@ -420,10 +418,9 @@ class FaultInjector:
                                self.stuck_until, self.stuck_value, values, frozen, stuck_val,
                                include_onset=False)
                 if frozen.any():
-                    changed = frozen & (stuck_val != values)
                     values[frozen] = stuck_val[frozen]
-                    code[changed] = FAULT_CODE["stuck"]
-                    self.tally.injected["stuck"] += int(changed.sum())
+                    code[frozen] = FAULT_CODE["stuck"]
+                    self.tally.injected["stuck"] += int(frozen.sum())
                     pre_coded = True
 
         # single-reading faults: one exclusive draw per clean reading

@@ -121,3 +121,90 @@ def test_plain_rule_keeps_working_without_a_reference(catalog) -> None:  # type:
     batch = [frame(VIN, 1, t[-1] + 100, {ACCEL: (t, [0.31, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4])})]
     result = Cleaner(catalog, config).clean(readings_of(batch))
     assert of_signal(result, batch, ACCEL) == ["kept", "kept"] + ["dropped.stuck"] * 5 + ["kept"]
+
+
+MOTOR = "Vehicle.Powertrain.ElectricMotor.Speed"
+COOLANT = "Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"
+OIL = "Vehicle.Powertrain.CombustionEngine.EngineOil.Temperature"
+
+
+def test_speed_frozen_at_zero_while_the_motor_turns_is_stuck_from_there(catalog) -> None:  # type: ignore[no-untyped-def]
+    # parked 5 s (speed and motor at 0), then the car pulls away: the motor reaches 2000 rpm
+    # while the speed sensor still reads 0. The parked readings agreed with the motor and
+    # stay; the held zeros from where the motor turned are stuck (the second check, `also`:
+    # 0 is a resting value for the acceleration check)
+    t = seconds(0, 20, 0.5)
+    motor = [0.0] * 10 + [200.0 * k for k in range(1, 11)]
+    batch = [frame(VIN, 1, t[-1] + 100, {SPEED: (t, [0.0] * 20), MOTOR: (t, motor)})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(batch))
+    assert of_signal(result, batch, SPEED) == ["kept"] * 10 + ["dropped.stuck"] * 10
+    assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_speed_reaching_zero_while_the_motor_slows_is_a_real_stop(catalog) -> None:  # type: ignore[no-untyped-def]
+    # the motor's last reading before the held zero (300 rpm, 0.3 s before it) predates it:
+    # the run is measured from the motor's first reading once it began (0 rpm), not from it
+    ts, tm = seconds(0, 12, 0.5), seconds(-0.3, 12, 0.5)
+    speed = [15.0, 8.0] + [0.0] * 10
+    motor = [1200.0, 600.0, 300.0] + [0.0] * 9
+    batch = [frame(VIN, 1, ts[-1] + 100, {SPEED: (ts, speed), MOTOR: (tm, motor)})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(batch))
+    assert set(of_signal(result, batch, SPEED)) == {"kept"}
+    assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_engine_temperatures_checked_against_each_other_while_warming(catalog) -> None:  # type: ignore[no-untyped-def]
+    # coolant frozen at 60.0 while the oil climbs 0.5 °C every 5 s (warm-up): stuck once the
+    # oil moved 2 °C; the same coolant hold at 90.0 (thermostat regulated) is a resting value
+    t = seconds(0, 12, 5.0)
+    oil = [50.0 + 0.5 * k for k in range(12)]
+    cold = [frame(VIN, 1, t[-1] + 100, {COOLANT: (t, [60.0] * 12), OIL: (t, oil)})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(cold))
+    outcomes = of_signal(result, cold, COOLANT)
+    assert outcomes[0] == "kept" and outcomes[-1] == "dropped.stuck", outcomes
+    assert set(of_signal(result, cold, OIL)) == {"kept"}
+    assert reference.clean(readings_of(cold)).outcome == result.outcome.tolist()
+    warm = [frame(VIN, 1, t[-1] + 100, {COOLANT: (t, [90.0] * 12), OIL: (t, [95.0 + 0.5 * k for k in range(12)])})]
+    other, other_reference = shipped(catalog)
+    result = other.clean(readings_of(warm))
+    assert set(of_signal(result, warm, COOLANT)) == {"kept"}
+    assert other_reference.clean(readings_of(warm)).outcome == result.outcome.tolist()
+
+
+def test_checks_of_one_signal_run_in_passes(catalog) -> None:  # type: ignore[no-untyped-def]
+    config = load_cleaning_config()
+    checks = [c for c in config.stuck_checks() if c.signal == SPEED]
+    assert [(c.key, c.layer, c.rule.against) for c in checks][:2] == [
+        (SPEED, 0, ACCEL), (SPEED + "#1", 1, MOTOR)]
+    with pytest.raises(ConfigError) as err:
+        parse_cleaning_config("stuck:\n  Vehicle.Speed:\n    also: [{also: [{}]}]\n", file="c.yaml")
+    assert "cannot have checks of its own" in str(err.value)
+    # a cleaner's history has one column per check, named by its key
+    assert [c.key for c in config.stuck_checks()] == Cleaner(catalog, config).state.stuck_signals
+
+
+def test_cold_oil_held_while_the_engine_runs_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # oil frozen at 55.0 for 60 s while the engine turns at 2000 rpm (the coolant, regulated
+    # at 88, gives no sign): 1500 revolutions without a change are more than the engine's
+    # heat allows; the same hold with the engine at idle speed 0 (ignition on, engine off)
+    # passes
+    t, tr = seconds(0, 13, 5.0), seconds(0, 121, 0.5)
+    rpm = "Vehicle.Powertrain.CombustionEngine.Speed"
+
+    def batch(engine: float) -> list[dict]:
+        return [frame(VIN, 1, tr[-1] + 100, {OIL: (t, [55.0] * 13), COOLANT: (t, [88.0] * 13),
+                                             rpm: (tr, [engine] * 121)})]
+    running = batch(2000.0)
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(running))
+    outcomes = of_signal(result, running, OIL)
+    assert outcomes[:2] == ["kept", "kept"] and outcomes[-4:] == ["dropped.stuck"] * 4, outcomes
+    assert reference.clean(readings_of(running)).outcome == result.outcome.tolist()
+    off = batch(0.0)
+    other, other_reference = shipped(catalog)
+    result = other.clean(readings_of(off))
+    assert set(of_signal(result, off, OIL)) == {"kept"}
+    assert other_reference.clean(readings_of(off)).outcome == result.outcome.tolist()

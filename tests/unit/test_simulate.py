@@ -175,7 +175,8 @@ def test_every_truth_row_matches_what_was_emitted(faulty: Run, catalog: Catalog)
                 assert conversion.apply(value) == pytest.approx(true_value, rel=1e-5, abs=1e-4)
         elif fault != "clock_skew":
             assert value in values, (fault, vin, sig, t, value, values)
-            if fault != "unknown_signal":
+            # a frozen sensor's reading may happen to equal the truth (it is still a row)
+            if fault not in ("unknown_signal", "stuck"):
                 assert true_value not in values, (fault, value, true_value)
     assert set(checked) >= {f.name for f in FAULTS if f.level == "reading"} | {"duplicate", "clock_skew"}
 
