@@ -917,6 +917,12 @@ async def phase_latency(run: Run, rate: float, rpvs: float) -> dict[str, Any]:
                 {k: v for k, v in samples.items() if ("stage", "total") in k[1]}, "pipeline_batch_seconds", 0.99),
             "segment_put_p99_s": histogram_quantile(
                 {k: v for k, v in samples.items() if ("sink", "s3") in k[1]}, "pipeline_sink_seconds", 0.99),
+            # what the batch assembler waited for (free slots, the core, aligned records) and
+            # how often the alignment released a partition because its other topic went quiet
+            "assembler_wait_s": {what: round(metric_sum(samples, "pipeline_ingest_wait_seconds_total",
+                                                        waiting_for=what), 2)
+                                 for what in ("slots", "core", "records")},
+            "align_idle_releases": metric_sum(samples, "pipeline_align_idle_releases_total"),
             "peak_rss_bytes": peak}
 
 
@@ -1143,6 +1149,9 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  worker p99 per batch: core {fmt(lat['batch_core_p99_s'], '.3f', ' s')}, "
               f"S3 PUTs of one segment {fmt(lat['segment_put_p99_s'], '.3f', ' s')}; "
               f"largest lag seen {fmt(lat['max_lag_records'])} records")
+        if waits := lat.get("assembler_wait_s"):
+            print(f"  batch assembler waited for: free slots {waits['slots']} s, the core {waits['core']} s, "
+                  f"aligned records {waits['records']} s; idle-topic releases {lat['align_idle_releases']:.0f}")
         if cpu := lat.get("cpu_cores_while_sending"):
             print(f"  cores busy while sending: {cpu['machine_busy']} of {cpu['machine_cores']} "
                   f"(worker {cpu['worker']}, load generator {cpu['load_generator']}, "
