@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
         "in parallel with the core; false: in a thread of the worker.")
     gil_switch_interval_s: float = Field(
-        0.0005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval).")
+        0.005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval); "
+        "0.0005 suits PLAN_IN_PROCESS=false, where the encoder is a thread beside the core.")
     gc_gen0_threshold: int = Field(
         50_000, ge=0, description="Allocations between the worker's young-generation garbage collections "
         "(Python's default 700; 0 keeps Python's thresholds).")

@@ -197,9 +197,12 @@ def run_worker(settings: Settings) -> None:
     """`pipeline worker`: check config, create topics and bucket, start metrics, run Faust."""
     from faust.worker import Worker as FaustWorker
 
-    # The core and the encoder run in two threads that hand the GIL back and forth around
-    # every numpy and Arrow call; with the default 5 ms switch interval a thread that gave it
-    # up waits that long to get it back, and both stages ran 1.4-2.9x slower than alone.
+    # With the encoder in a thread beside the core (PLAN_IN_PROCESS=false) the two hand the GIL
+    # back and forth around every numpy and Arrow call, and a 5 ms switch interval made both
+    # 1.4-2.9x slower than alone: that setup wants 0.0005. With the encoder in its own process
+    # (the default) the core shares the GIL only with the event loop and the fetch thread, and
+    # Python's 5 ms measured better (scripts/bench --phases latency at 250 k readings/s, two
+    # runs each: routed p99 0.84/1.14 s at 5 ms, 1.01/1.20 s at 0.5 ms, and less CPU).
     sys.setswitchinterval(settings.gil_switch_interval_s)
     core = Core.from_settings(settings)
     tune_gc(settings)
