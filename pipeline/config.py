@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     plan_in_process: bool = Field(
         True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
         "in parallel with the core; false: in a thread of the worker.")
+    decode_in_process: bool = Field(
+        True, description="Decode frames in a process of their own, one batch ahead of the core; false: "
+        "in the core's thread.")
     gil_switch_interval_s: float = Field(
         0.005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval); "
         "0.0005 suits PLAN_IN_PROCESS=false, where the encoder is a thread beside the core.")

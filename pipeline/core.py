@@ -202,17 +202,23 @@ class Core:
                    max_frame_bytes=settings.max_frame_bytes)
 
     def process(self, records: list[RawRecord], *, now_ms: int | None = None,
-                watermarks: Mapping[int, int] | None = None) -> BatchResult:
+                watermarks: Mapping[int, int] | None = None,
+                predecoded: tuple[Readings, list[DeadLetter], float] | None = None) -> BatchResult:
         """Run one batch of raw records through decode, clean, handlers and rules.
 
         `watermarks` (input partition -> event time both ingest topics have delivered up to,
         from the runtime's alignment) reach handlers per vehicle as `batch.watermark`.
+        `predecoded`: what `decode_records` gave for these records elsewhere (the runtime's
+        decoder process) and the seconds it took; without it the core decodes them.
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        decoded, dead_letters = decode_records(records, max_frame_bytes=self.max_frame_bytes)
+        if predecoded is None:
+            decoded, dead_letters = decode_records(records, max_frame_bytes=self.max_frame_bytes)
+            timings["decode"] = time.perf_counter() - t0
+        else:
+            decoded, dead_letters, timings["decode"] = predecoded[0], list(predecoded[1]), predecoded[2]
         t1 = time.perf_counter()
-        timings["decode"] = t1 - t0
 
         cleaned = self.cleaner.clean(decoded, now_ms=now_ms)
         dead_letters.extend(unknown_signal_frames(records, decoded, cleaned.outcome, list(cleaned.reasons)))

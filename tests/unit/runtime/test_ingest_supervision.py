@@ -105,3 +105,29 @@ def test_tune_gc_raises_the_young_threshold_and_freezes_start_up_objects() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_frames_decoded_in_the_decoder_process_give_the_core_the_same_result() -> None:
+    """The runtime decodes a batch in another process, one batch ahead of the core; what
+    crosses the process boundary must give the same readings, dead letters and outputs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.runtime.ingest import decode_job
+    from tests.unit.runtime.test_plan import fleet_records
+
+    records = fleet_records(vehicles=12, seconds=300)
+    records.append(RawRecord("vehicle.sensor.raw", 0, 10_000, b"VIN", b"{not json", [], 0))  # a dead letter
+    settings = Settings()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        predecoded = pool.submit(decode_job, records, settings.max_frame_bytes).result()
+    here = Core.from_settings(settings).process(records)
+    there = Core.from_settings(settings).process(records, predecoded=predecoded)
+    assert there.timings["decode"] == predecoded[2]
+    assert len(here.clean) == len(there.clean) > 0
+    assert [(d.record.offset, d.reason) for d in here.dead_letters] == \
+        [(d.record.offset, d.reason) for d in there.dead_letters]
+    assert any(d.stage == "decode" and d.record.offset == 10_000 for d in there.dead_letters)
+    assert there.clean.value.tolist() == here.clean.value.tolist()
+    assert sorted(there.events.attrs["id"].tolist()) == sorted(here.events.attrs["id"].tolist())
+    assert len(there.events) == len(here.events)
