@@ -6,6 +6,7 @@ broker. The worker is a thin adapter around `Core.process`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -217,7 +218,13 @@ class Core:
             decoded, dead_letters = decode_records(records, max_frame_bytes=self.max_frame_bytes)
             timings["decode"] = time.perf_counter() - t0
         else:
-            decoded, dead_letters, timings["decode"] = predecoded[0], list(predecoded[1]), predecoded[2]
+            decoded, timings["decode"] = predecoded[0], predecoded[2]
+            # the dead letters name copies of the records (they crossed a process boundary):
+            # point them at this batch's own records, which the output plan matches by identity
+            own = {(r.topic, r.partition, r.offset): r for r in records}
+            dead_letters = [dataclasses.replace(dl, record=own.get((dl.record.topic, dl.record.partition,
+                                                                    dl.record.offset), dl.record))
+                            for dl in predecoded[1]]
         t1 = time.perf_counter()
 
         cleaned = self.cleaner.clean(decoded, now_ms=now_ms)

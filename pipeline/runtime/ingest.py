@@ -41,6 +41,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -97,6 +98,7 @@ class Batch:
     core_started: asyncio.Event = field(default_factory=asyncio.Event)
     core_done: asyncio.Event = field(default_factory=asyncio.Event)
     decoded: asyncio.Future[tuple[Any, list[DeadLetter], float]] | None = None  # from the decoder process
+    decoder: Any = None  # the decoder pool `decoded` came from
     done: asyncio.Future[dict[TopicPartition, int]] | None = None
 
 
@@ -429,8 +431,7 @@ class BatchIngest:
             wait.labels("records").inc(time.perf_counter() - t2)
             await self._restore_state(batch.records)
             if self._decode_pool is not None and not batch.silent:
-                batch.decoded = asyncio.get_running_loop().run_in_executor(  # type: ignore[assignment]
-                    self._decode_pool, decode_job, batch.records, self.core.max_frame_bytes)
+                self._submit_decode(batch)
             batch.done = asyncio.get_running_loop().create_future()
             self._inflight.append(batch)
             self._last_core = batch
@@ -523,10 +524,11 @@ class BatchIngest:
             if batch.decoded is not None:
                 try:
                     decoded = await batch.decoded
-                except Exception as exc:  # noqa: BLE001 - the decoder process broke: decode in the core
+                except Exception as exc:  # noqa: BLE001 - whatever went wrong there, the core decodes it
                     log.warning("decoder process failed on batch %d (%s: %s); the core decodes it",
                                 batch.number, type(exc).__name__, exc)
-                    self._restart_decoder()
+                    if isinstance(exc, BrokenProcessPool) and batch.decoder is self._decode_pool:
+                        self._restart_decoder()  # once per broken pool, not once per batch it held
             previous = self._previous_core(batch)
             if previous is not None:  # the core thread takes batches in their order
                 await previous.core_started.wait()
@@ -553,9 +555,26 @@ class BatchIngest:
             before = b
         return None
 
+    def _submit_decode(self, batch: Batch) -> None:
+        """Hand the batch to the decoder process; a pool found broken (its process died while
+        idle) is replaced first, and if even that fails the core decodes the batch itself."""
+        for _ in range(2):
+            assert self._decode_pool is not None
+            try:
+                batch.decoded = asyncio.get_running_loop().run_in_executor(  # type: ignore[assignment]
+                    self._decode_pool, decode_job, batch.records, self.core.max_frame_bytes)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                log.warning("decoder process unavailable (%s: %s); starting a new one", type(exc).__name__, exc)
+                self._restart_decoder()
+                continue
+            batch.decoder = self._decode_pool
+            return
+
     def _restart_decoder(self) -> None:
+        """A new decoder process for a broken one (its pending batches fail and are decoded by
+        the core; none is cancelled, which would leave its batch unresolved)."""
         if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool.shutdown(wait=False)
             self._decode_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     def _core_job(self, batch: Batch, decoded: tuple[Any, list[DeadLetter], float] | None = None,

@@ -168,6 +168,52 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(stack: Stack) -> None:
     assert sum(r.frames_in for r in reports) >= len(messages)
 
 
+def spawned_children(pid: int) -> list[int]:
+    """The worker's multiprocessing children (encoder, then decoder), oldest first."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return sorted(found)
+
+
+def test_decoder_process_killed_mid_stream_the_core_decodes_and_nothing_is_lost(stack: Stack) -> None:
+    """The frames' decoder runs in a process of its own; if it dies, the batches it held are
+    decoded by the core, a new decoder starts, and the worker neither stops nor loses a frame."""
+    s = stack.settings
+    worker = stack.worker(BATCH_SIZE="50").start()
+    assert worker.proc is not None
+    children: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(children) < 2 and time.monotonic() < deadline:  # encoder and decoder, started at ingest start
+        children = spawned_children(worker.proc.pid)
+        time.sleep(0.2)
+    assert len(children) == 2, children
+    messages = fleet(s, vehicles=8, frames=60)
+    produce(s, messages)
+    deadline = time.monotonic() + 60
+    while worker.metric("pipeline_frames_in_total") < len(messages) // 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(children[-1], signal.SIGKILL)  # the decoder: started after the encoder
+    wait_drained(s, len(messages), timeout_s=180)
+    assert worker.alive(), worker.tail()
+    log = worker.log_path.read_text()
+    assert "decoder process failed" in log or "decoder process unavailable" in log, worker.tail()
+    assert len(spawned_children(worker.proc.pid)) == 2  # a new decoder beside the encoder
+    reports = assert_reconciled(s)
+    assert sum(r.frames_in for r in reports) == len(messages)
+    assert worker.stop(signal.SIGTERM) == 0
+
+
 def test_store_outage_of_20s_backpressure_then_recovery(stack: Stack) -> None:
     s = stack.settings
     worker = stack.worker().start()
