@@ -30,7 +30,7 @@ class Emitter:
 
 def frame_emitter() -> Emitter:
     """The vehicles themselves: their sensor and GPS frames."""
-    return Emitter("vehicle frames", "pipeline/events.py", tuple(FRAME_TYPES.values()))
+    return Emitter("vehicle frames", "pipeline/events/encode.py", tuple(FRAME_TYPES.values()))
 
 
 def handler_emitters(specs: Iterable[object]) -> list[Emitter]:
