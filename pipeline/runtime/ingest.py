@@ -529,9 +529,8 @@ class BatchIngest:
                                 batch.number, type(exc).__name__, exc)
                     if isinstance(exc, BrokenProcessPool) and batch.decoder is self._decode_pool:
                         self._restart_decoder()  # once per broken pool, not once per batch it held
-            previous = self._previous_core(batch)
-            if previous is not None:  # the core thread takes batches in their order
-                await previous.core_started.wait()
+            # In batch order: the assembler formed this batch only once the core had started
+            # the one before, and the core's single thread takes jobs as they are submitted.
             try:
                 result, to_plan, state_messages = await loop.run_in_executor(
                     self._core_pool, self._core_job, batch, decoded, loop)
@@ -545,15 +544,6 @@ class BatchIngest:
             batch.done.set_result(plan.offsets)
         except Exception as exc:
             batch.done.set_exception(exc)
-
-    def _previous_core(self, batch: Batch) -> Batch | None:
-        """The in-flight batch before this one (the core must have started it first)."""
-        before = None
-        for b in self._inflight:
-            if b is batch:
-                return before
-            before = b
-        return None
 
     def _submit_decode(self, batch: Batch) -> None:
         """Hand the batch to the decoder process; a pool found broken (its process died while
