@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     put_concurrency: int = Field(16, ge=1, description="Object PUTs in flight at once.")
     fetch_max_records: int = Field(2000, ge=1, description="Most records one fetch hands to the batch path.")
     fetch_max_partition_bytes: int = Field(4 << 20, ge=1 << 16, description="Most bytes a fetch returns per partition.")
+    fetch_min_bytes: int = Field(
+        256 << 10, ge=1, description="Bytes the broker gathers before it answers a fetch (or fetch_max_wait_ms passes).")
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, le=1500, description="Longest the broker holds a fetch waiting for fetch_min_bytes.")
     plan_in_process: bool = Field(
         True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
         "in parallel with the core; false: in a thread of the worker.")

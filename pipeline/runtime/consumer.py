@@ -18,14 +18,32 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka.structs import TopicPartition
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
 from pipeline.runtime.ingest import BatchIngest, GroupHandle
 
 
+class BatchConsumerThread(AIOKafkaConsumerThread):
+    """Faust's fetch thread, with fetches that wait for some data (Faust sets no minimum, so
+    under a steady trickle every fetch returns a few records: CPU in this thread and the
+    broker for nothing)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        settings = self.consumer.ingest.settings  # type: ignore[attr-defined]
+        # read by aiokafka's fetcher when the consumer starts (no public setter after creation)
+        consumer._fetch_min_bytes = settings.fetch_min_bytes
+        consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms
+        return consumer
+
+
 class BatchConsumer(AIOKafkaConsumer):
     """The consumer class of the worker's Faust app (set on its transport)."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @property
     def ingest(self) -> BatchIngest:
