@@ -56,11 +56,13 @@ from pipeline.runtime.align import Aligner
 from pipeline.runtime.plan import (
     OutputPlan,
     RouteDelivery,
+    SegmentDone,
     dead_letter_topic,
     failure_messages,
-    plan_outputs,
+    plan_messages,
+    plan_objects,
 )
-from pipeline.sinks import Backoff, ObjectStoreSink, OutMessage, TopicSink
+from pipeline.sinks import Backoff, ObjectStoreSink, OutMessage, PutObject, TopicSink
 
 log = logging.getLogger("pipeline.worker")
 
@@ -217,6 +219,7 @@ class BatchIngest:
         self._silenced: set[bytes] = set()
         self._next_silent_check = 0.0
         self.state: Any = None
+        self._restoring: asyncio.Task[None] | None = None  # the state read started at assignment
         if core.handlers is not None:
             from pipeline.state_sync import StateChangelog
 
@@ -283,6 +286,8 @@ class BatchIngest:
         self._accepting = False
         self._wakeup.set()
         drained = await self._drain(timeout_s)
+        if self._restoring is not None:
+            self._restoring.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -355,6 +360,18 @@ class BatchIngest:
         self._wakeup.set()
         if mine:
             log.info("assigned partitions %s of %s", sorted(mine), ", ".join(self.topics))
+        self._start_restore(mine)
+
+    def _start_restore(self, partitions: set[int]) -> None:
+        """Read the handler state of newly assigned partitions now, all at once, while the
+        first fetches arrive (a batch waits for it only if it is not done by then)."""
+        if self.state is None or not partitions - self.state.restored:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a direct call): each batch restores what it needs
+            return
+        self._restoring = loop.create_task(self._restore_partitions(set(partitions)), name="restore state")
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions are taken away: finish and commit in-flight batches, drop the rest."""
@@ -373,6 +390,10 @@ class BatchIngest:
         self._delivered = {tp: t for tp, t in self._delivered.items() if tp[1] not in gone}
         if self._last_core is not None:
             await self._last_core.core_done.wait()
+        if self._restoring is not None and not self._restoring.done():
+            self._restoring.cancel()  # for partitions that may be among those going
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._restoring
         if self.state is not None:
             self.state.drop(gone)
         for vin in [v for v, (_, r) in self._last_seen.items() if r.partition in gone]:
@@ -500,11 +521,23 @@ class BatchIngest:
 
     async def _restore_state(self, records: list[RawRecord]) -> None:
         """Handler state of the batch's partitions, read from the changelog before their first
-        batch. The broker may be unreachable (a restart, an outage): try again until it answers,
-        since a batch run without its vehicles' state would start their trips afresh."""
+        batch (usually done already: the read starts at assignment)."""
         if self.state is None or not records:
             return
         partitions = {r.partition for r in records}
+        if not partitions - self.state.restored:
+            return
+        pending = self._restoring
+        if pending is not None and not pending.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(pending)
+        await self._restore_partitions(partitions)
+
+    async def _restore_partitions(self, partitions: set[int]) -> None:
+        """Read these partitions' handler state from the changelog. The broker may be
+        unreachable (a restart, an outage): try again until it answers, since a batch run
+        without its vehicles' state would start their trips afresh."""
+        assert self.state is not None
         delay = 0.5
         while partitions - self.state.restored:
             try:
@@ -532,15 +565,20 @@ class BatchIngest:
             # In batch order: the assembler formed this batch only once the core had started
             # the one before, and the core's single thread takes jobs as they are submitted.
             try:
-                result, to_plan, state_messages = await loop.run_in_executor(
+                result, to_plan, plan = await loop.run_in_executor(
                     self._core_pool, self._core_job, batch, decoded, loop)
             finally:
                 batch.core_started.set()
                 batch.core_done.set()
             if not batch.silent:
                 self._note_seen(batch.records)
-            plan = await self._plan_stage(to_plan, state_messages, batch.silent)
-            await self._write(plan, result)
+            # the objects are encoded (encoder process) while the messages are produced
+            objects = asyncio.ensure_future(self._plan_stage(to_plan, plan.failed_by_part, batch.silent))
+            try:
+                await self._write(plan, result, objects)
+            finally:
+                if not objects.done():
+                    objects.cancel()
             batch.done.set_result(plan.offsets)
         except Exception as exc:
             batch.done.set_exception(exc)
@@ -568,8 +606,9 @@ class BatchIngest:
             self._decode_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     def _core_job(self, batch: Batch, decoded: tuple[Any, list[DeadLetter], float] | None = None,
-                  loop: asyncio.AbstractEventLoop | None = None) -> tuple[BatchResult, BatchResult, list[OutMessage]]:
-        """Core thread: reloads, the core, metrics, the batch's handler-state changes."""
+                  loop: asyncio.AbstractEventLoop | None = None) -> tuple[BatchResult, BatchResult, OutputPlan]:
+        """Core thread: reloads, the core, metrics, the batch's handler-state changes and the
+        message part of its plan (the objects are left to the encoder)."""
         if loop is not None:  # the assembler may form the next batch now
             loop.call_soon_threadsafe(batch.core_started.set)
         self._poll_reloads()
@@ -587,26 +626,39 @@ class BatchIngest:
             result = failed_batch(records, exc)
         observe(result, time.perf_counter() - started, silent=batch.silent)
         changes = self.state.changes() if self.state is not None else []
+        plan = plan_messages(result, dlq_topic=self.settings.topic_dlq, state_messages=changes, silent=batch.silent)
         if isinstance(self._encode_pool, ProcessPoolExecutor):
-            return result, result.slim(), changes  # slim: what the encoder process needs, small to send
-        return result, result, changes
+            return result, result.slim(), plan  # slim: what the encoder process needs, small to send
+        return result, result, plan
 
-    async def _plan_stage(self, result: BatchResult, state_messages: list[OutMessage], silent: bool) -> OutputPlan:
-        """The output plan of a core result, encoded off the core's thread (and process)."""
+    async def _plan_stage(self, result: BatchResult, failed_by_part: dict[TopicPartition, dict[str, int]],
+                          silent: bool) -> tuple[list[PutObject], list[SegmentDone]]:
+        """The objects of a core result, encoded off the core's thread (and process)."""
         loop = asyncio.get_running_loop()
-        job = partial(plan_outputs, dlq_topic=self.settings.topic_dlq, state_messages=state_messages, silent=silent)
+        job = partial(plan_objects, silent=silent, failed_by_part=failed_by_part)
         return await loop.run_in_executor(self._encode_pool, job, result)
 
-    async def _write(self, plan: OutputPlan, result: BatchResult) -> None:
-        """Execute a plan: PUTs concurrently with webhooks and produces; returns when all are durable.
+    async def _write(self, plan: OutputPlan, result: BatchResult,
+                     objects: asyncio.Future[tuple[list[PutObject], list[SegmentDone]]] | None = None) -> None:
+        """Execute a plan: produces and webhooks at once, PUTs as soon as `objects` (the plan's
+        second part, still being encoded) is ready; returns when all are durable.
 
         Dead letters and state changes are retried until Kafka takes them; routed events go to
         each topic target under their route's `retry`, and what a target still refuses goes to
         the route's dead-letter target as failure events (as for webhooks)."""
         assert self.sink is not None
         sink = self.sink
-        puts = (asyncio.ensure_future(self.store.write(plan.objects, concurrency=self.settings.put_concurrency))
-                if plan.objects else None)
+
+        async def put_all() -> float | None:
+            if objects is not None:
+                encoded, segments = await objects
+                plan.objects.extend(encoded)
+                plan.segments.extend(segments)
+            if not plan.objects:
+                return None
+            return await self.store.write(plan.objects, concurrency=self.settings.put_concurrency)
+
+        puts = asyncio.ensure_future(put_all())
         try:
             started = time.perf_counter()
             parts = [self._deliver(d) for d in plan.deliveries]
@@ -623,14 +675,14 @@ class BatchIngest:
                 metrics.EVENTS_ROUTED.labels(route).inc(n)
             for (route, reason), n in plan.route_failures.items():
                 metrics.DEAD_LETTERS.labels(f"route:{route}", reason).inc(n)
-            for seg in plan.segments:
-                log.info("%s[%d] offsets %d..%d routed", seg.topic, seg.partition, seg.first, seg.last)
-            if puts is not None:
-                seconds = await puts
+            for topic, partition, first, last in plan.spans:
+                log.info("%s[%d] offsets %d..%d routed", topic, partition, first, last)
+            seconds = await puts
+            if seconds is not None:
                 metrics.SINK_SECONDS.labels("s3").observe(seconds)
                 metrics.BACKPRESSURE.set(0)
         finally:
-            if puts is not None and not puts.done():
+            if not puts.done():
                 puts.cancel()
         for obj in plan.objects:
             metrics.OBJECTS_WRITTEN.labels(obj.key.split("/", 1)[0]).inc()

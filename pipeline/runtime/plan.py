@@ -71,6 +71,8 @@ class OutputPlan:
     route_failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, reason) -> events
     dead_letters: list[DeadLetter] = field(default_factory=list)  # late: encode errors
     webhooks: bool = False  # the result has webhook targets to deliver to
+    spans: list[tuple[str, int, int, int]] = field(default_factory=list)  # (topic, partition, first, last) in
+    failed_by_part: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)  # for the manifests
 
 
 def commit_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
@@ -92,34 +94,66 @@ def _object_line(rec: EncodedRecord) -> bytes:
 
 def plan_outputs(result: BatchResult, *, dlq_topic: str, state_messages: list[OutMessage] | None = None,
                  silent: bool = False) -> OutputPlan:
-    """The plan of one core result.
+    """The plan of one core result: `plan_messages` and then `plan_objects`.
 
     `silent` marks the result of an idle signal: its records are the silent vehicles' last
     frames, already accounted for by the batch that held them, so it writes derived events
     only (objects named `...-silent`), no manifest and no offsets.
     """
+    plan = plan_messages(result, dlq_topic=dlq_topic, state_messages=state_messages, silent=silent)
+    objects, segments = plan_objects(result, silent=silent, failed_by_part=plan.failed_by_part)
+    plan.objects.extend(objects)
+    plan.segments = segments
+    return plan
+
+
+def plan_messages(result: BatchResult, *, dlq_topic: str, state_messages: list[OutMessage] | None = None,
+                  silent: bool = False) -> OutputPlan:
+    """The plan's first part: all that goes to Kafka (routed events, failure events, state
+    changes, dead letters), the routes' object targets and the offsets the batch frees.
+    Cheap (a few ms a batch): the worker makes it right after the core, so routed events
+    leave while the Parquet objects of `plan_objects` are still being encoded."""
     plan = OutputPlan(webhooks=_has_webhooks(result))
     records = result.records
     _plan_routes(result, plan, silent, dlq_topic)
-    failed_by_part = _plan_route_failures(result, plan, dlq_topic)
+    plan.failed_by_part = _plan_route_failures(result, plan, dlq_topic)
     plan.messages.extend(state_messages or ())
     for dl in result.dead_letters + plan.dead_letters:
         plan.messages.append(dead_letter_message(dl, dlq_topic))
     plan.dead_letters = []
+    if not silent:
+        plan.offsets = commit_offsets(records)
+        spans: dict[tuple[str, int], list[int]] = {}
+        for r in records:
+            span = spans.setdefault((r.topic, r.partition), [r.offset, r.offset])
+            span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
+        plan.spans = [(t, p, first, last) for (t, p), (first, last) in sorted(spans.items())]
+    return plan
+
+
+def plan_objects(result: BatchResult, *, silent: bool = False,
+                 failed_by_part: dict[tuple[str, int], dict[str, int]] | None = None,
+                 ) -> tuple[list[PutObject], list[SegmentDone]]:
+    """The plan's second part: the batch's objects per input partition (clean readings and
+    derived events as Parquet, and the manifest), with what each partition's share holds.
+    `failed_by_part` (from `plan_messages`) counts the events routes refused, for the manifests."""
     if silent:
+        plan = OutputPlan()
         _plan_silent_events(result, plan)
-        return plan
-    plan.offsets = commit_offsets(records)
+        return plan.objects, []
+    records = result.records
+    objects: list[PutObject] = []
+    segments: list[SegmentDone] = []
     for (topic, partition), part in split_batch(result).items():
         seg = Segment(topic, partition)
         add_to_segment(seg, part, records)
-        for code, n in failed_by_part.get((topic, partition), {}).items():
+        for code, n in (failed_by_part or {}).get((topic, partition), {}).items():
             seg.dead_letters[code] = seg.dead_letters.get(code, 0) + n
-        objects = segment_objects(seg)
-        plan.objects.extend(objects)
-        plan.segments.append(SegmentDone(topic, partition, seg.first, seg.last, seg.frames_in, seg.readings_in,
-                                         len(objects), min(r.timestamp_ms for r in seg.records)))
-    return plan
+        seg_objects = segment_objects(seg)
+        objects.extend(seg_objects)
+        segments.append(SegmentDone(topic, partition, seg.first, seg.last, seg.frames_in, seg.readings_in,
+                                    len(seg_objects), min(r.timestamp_ms for r in seg.records)))
+    return objects, segments
 
 
 def dead_letter_message(dl: DeadLetter, default_topic: str) -> OutMessage:

@@ -142,3 +142,76 @@ def test_frames_decoded_in_the_decoder_process_give_the_core_the_same_result() -
     assert there.clean.value.tolist() == here.clean.value.tolist()
     assert sorted(there.events.attrs["id"].tolist()) == sorted(here.events.attrs["id"].tolist())
     assert len(there.events) == len(here.events)
+
+
+class CountingChangelog(FlakyChangelog):
+    """A changelog that answers, slowly, and counts for which partitions it was read."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.reads: list[set[int]] = []
+
+    async def restore(self, partitions: Any) -> int:
+        self.reads.append(set(partitions))
+        await asyncio.sleep(0.05)
+        return await super().restore(partitions)
+
+
+def test_handler_state_is_read_at_assignment_not_at_the_first_batch() -> None:
+    """All assigned partitions are read at once when the group assigns them; the first batch
+    waits for that read instead of starting one per set of partitions it happens to hold (at
+    a worker's start that cost a second or more before the first batch)."""
+    it = ingest()
+    it.state = CountingChangelog()
+
+    async def scenario() -> None:
+        it.assigned([("vehicle.sensor.raw", p) for p in (0, 1, 2)] + [("vehicle.gps.raw", p) for p in (0, 1, 2)])
+        assert it._restoring is not None and not it._restoring.done()  # noqa: SLF001 - started, not awaited
+        await it._restore_state([record(1)])  # noqa: SLF001 - a batch that came before the read ended
+        assert it.state.restored == {0, 1, 2}
+        await it._restore_state([record(0), record(2)])  # noqa: SLF001
+
+    asyncio.run(scenario())
+    assert it.state.reads == [{0, 1, 2}]  # one read, all partitions
+
+
+def test_a_revoke_stops_a_state_read_in_progress() -> None:
+    it = ingest()
+    it.state = CountingChangelog()
+    dropped: list[set[int]] = []
+    it.state.drop = lambda parts: dropped.append(set(parts))  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        it.assigned([("vehicle.sensor.raw", 0), ("vehicle.gps.raw", 0)])
+        task = it._restoring  # noqa: SLF001
+        await it.revoked([("vehicle.sensor.raw", 0), ("vehicle.gps.raw", 0)])
+        assert task is not None and task.cancelled()
+
+    asyncio.run(scenario())
+    assert it.state.restored == set() and dropped == [{0}]
+
+
+def test_records_cross_to_the_decoder_and_encoder_processes_unchanged() -> None:
+    import pickle
+
+    r = RawRecord("vehicle.gps.raw", 4, 17, b"VIN", b'{"a":1}', (("ce_type", b"x"),), 1_700_000_000_123)
+    back = pickle.loads(pickle.dumps([r, r], protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == [r, r] and back[0].where == r.where
+
+
+def test_fetches_wait_for_data_as_configured(monkeypatch: Any) -> None:
+    """Faust sets no fetch minimum: the fetch thread sets the worker's own on the consumer
+    before it starts (aiokafka reads them when it builds its fetcher)."""
+    from types import SimpleNamespace
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from pipeline.runtime.consumer import BatchConsumerThread
+
+    made = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=1500)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, transport: made)
+    thread = BatchConsumerThread.__new__(BatchConsumerThread)
+    settings = Settings(fetch_min_bytes=131072, fetch_max_wait_ms=40)  # type: ignore[call-arg]
+    thread.consumer = SimpleNamespace(ingest=SimpleNamespace(settings=settings))  # type: ignore[assignment]
+    assert thread._create_worker_consumer(None) is made  # noqa: SLF001
+    assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (131072, 40)

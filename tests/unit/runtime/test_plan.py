@@ -188,3 +188,21 @@ def test_the_slim_result_sent_to_the_encoder_process_plans_the_same_bytes(result
         [(m.topic, m.key, m.value, m.headers) for m in full.messages + routed_messages(full)]
     assert again.offsets == full.offsets
     assert len(pickle.dumps(result.slim())) < len(pickle.dumps(result)) / 2
+
+
+def test_the_plan_in_two_parts_is_the_whole_plan(result: Any) -> None:
+    """The worker produces a batch's messages (plan_messages, right after the core) while its
+    objects are encoded (plan_objects, in the encoder): together exactly what plan_outputs
+    gives, and the first part holds no Parquet object."""
+    from pipeline.runtime.plan import plan_messages, plan_objects
+
+    whole = plan_outputs(result, dlq_topic=DLQ)
+    first = plan_messages(result, dlq_topic=DLQ)
+    objects, segments = plan_objects(result.slim(), failed_by_part=first.failed_by_part)
+    assert not any(o.key.endswith(".parquet") for o in first.objects)
+    assert [m.value for m in first.messages] == [m.value for m in whole.messages]
+    assert first.offsets == whole.offsets
+    assert [(o.key, o.body) for o in first.objects + objects] == [(o.key, o.body) for o in whole.objects]
+    assert segments == whole.segments
+    assert [(t, p, a, b) for t, p, a, b in first.spans] == sorted(
+        (s.topic, s.partition, s.first, s.last) for s in whole.segments)
