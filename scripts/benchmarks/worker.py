@@ -69,6 +69,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
 from pipeline.batch import RawRecord  # noqa: E402
@@ -149,6 +150,24 @@ class Produced:
     by_topic: dict[str, int] = field(default_factory=dict)
 
 
+class KeyPartitioner:
+    """Kafka's default partitioner for keyed records (murmur2 of the key), remembered per key:
+    aiokafka computes murmur2 in Python for every record, a good part of the load generator's
+    CPU on a machine it shares with the worker it measures."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[bytes, int], int] = {}
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return self._default(key, all_partitions, available)
+        found = self._by_key.get((key, len(all_partitions)))
+        if found is None:
+            found = self._by_key[(key, len(all_partitions))] = self._default(key, all_partitions, available)
+        return found
+
+
 async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Settings, ledger: Ledger, *,
                   pacer: Pacer | None = None) -> Produced:
     """Send records and note each one's partition, offset, readings and send time.
@@ -158,7 +177,7 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     each record when it is due, with the wall clock at send as its record timestamp.
     """
     producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=5 if pacer else 20,
-                                max_batch_size=1 << 20, acks=1)
+                                max_batch_size=1 << 20, acks=1, partitioner=KeyPartitioner())
     out = Produced()
     pending: collections.deque[tuple[Any, int, float]] = collections.deque()
 
@@ -464,6 +483,8 @@ class Run:
             env["BATCH_SIZE"] = str(self.args.batch_size)
         if self.args.batch_wait:
             env["BATCH_WAIT_S"] = str(self.args.batch_wait)
+        if self.args.batch_trace:
+            env["BENCH_BATCH_TRACE"] = str(Path(self.args.batch_trace).resolve())
         env.update(extra)
         return env
 
@@ -867,6 +888,7 @@ async def paced_run(run: Run, phase: str, rate: float, seconds: float, rpvs: flo
     produced = await produce(source, settings, ledger, pacer=pacer)
     cpu1 = (cpu_seconds(child.pid), time.process_time(), machine_cpu_seconds(), time.monotonic())
     info["sent_from"] = sent_from
+    info["worker_cpu_at_send"] = cpu0[0]
     # Who used the machine while the load was sent (cores busy on average): the worker, this
     # load generator, and the rest (broker, store, anything else running on the host).
     wall = max(cpu1[3] - cpu0[3], 1e-9)
@@ -896,6 +918,7 @@ async def phase_latency(run: Run, rate: float, rpvs: float) -> dict[str, Any]:
                                                               prebuilt=True)
     samples = child.scrape()
     peak = proc_status(child.pid, "VmHWM")
+    cpu_end, cpu_start = cpu_seconds(child.pid), info.pop("worker_cpu_at_send")
     child.stop()
     since = info["sent_from"] + args.warmup
     flushed: dict[tuple[str, int], list[tuple[float, int]]] = collections.defaultdict(list)
@@ -923,6 +946,16 @@ async def phase_latency(run: Run, rate: float, rpvs: float) -> dict[str, Any]:
                                                         waiting_for=what), 2)
                                  for what in ("slots", "core", "records")},
             "align_idle_releases": metric_sum(samples, "pipeline_align_idle_releases_total"),
+            # the core thread's time (benchmark timers, absent with --no-timers): busy in wall
+            # time, on a CPU, and waiting for one; the rest of busy is the wait for the GIL
+            "core_thread_s": {dict(lab)["part"].replace("core_thread_", "").replace("core_thread", "busy"): round(v, 2)
+                              for (n, lab), v in samples.items()
+                              if n == "bench_worker_seconds_total" and dict(lab)["part"].startswith("core_thread")},
+            # the worker's CPU (its decoder and encoder processes included) from the first
+            # record sent to the last one committed, per reading: contention on the host
+            # stretches wall times, much less this
+            "worker_cpu_us_per_reading": (None if cpu_end is None or cpu_start is None or not produced.readings
+                                          else round((cpu_end - cpu_start) / produced.readings * 1e6, 3)),
             "peak_rss_bytes": peak}
 
 
@@ -939,7 +972,7 @@ async def phase_soak(run: Run, rate: float, rpvs: float) -> dict[str, Any]:
     if len(settled) >= 3:
         ts, rs = np.array([t for t, _ in settled]), np.array([r for _, r in settled], dtype=np.float64)
         slope = float(np.polyfit(ts / 60, rs, 1)[0])
-    return {**{k: v for k, v in info.items() if k not in ("sent_from", "lag_series")},
+    return {**{k: v for k, v in info.items() if k not in ("sent_from", "lag_series", "worker_cpu_at_send")},
             "minutes": args.soak, "frames": produced.records, "readings": produced.readings,
             "seconds": produced.seconds, "rss_series": series, "peak_rss_bytes": peak,
             "rss_after_1_min": {"min": min((r for _, r in settled), default=None),
@@ -982,7 +1015,66 @@ def traced_worker_main() -> None:
                 spent.labels(name).inc(time.perf_counter() - start)
         return wrapper
 
-    BatchIngest._core_job = timed("core_thread", BatchIngest._core_job)  # type: ignore[method-assign]
+    def core_timed(fn: Any) -> Any:
+        # wall time, the thread's own CPU time, and its wait for a CPU (run queue, from the
+        # thread's schedstat): wall - cpu - run queue is what it waited for the GIL
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            stat = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+            start, cpu0, rq0 = time.perf_counter(), time.thread_time(), int(stat.read_text().split()[1])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.labels("core_thread").inc(time.perf_counter() - start)
+                spent.labels("core_thread_cpu").inc(time.thread_time() - cpu0)
+                spent.labels("core_thread_runqueue").inc((int(stat.read_text().split()[1]) - rq0) / 1e9)
+        return wrapper
+
+    BatchIngest._core_job = core_timed(BatchIngest._core_job)  # type: ignore[method-assign]
+    trace_path = os.environ.get("BENCH_BATCH_TRACE")
+    if trace_path:  # one JSON line per batch: when each stage of it began and ended (wall clock)
+        import contextvars
+        current: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("bench_batch")
+        trace = open(trace_path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+        run0, core0, plan0, write0 = (BatchIngest._run, BatchIngest._core_job, BatchIngest._plan_stage,
+                                      BatchIngest._write)
+
+        async def run(self: Any, batch: Any) -> None:
+            row = {"n": batch.number, "records": len(batch.records), "silent": batch.silent,
+                   "formed": time.time(), "oldest_ts": min((r.timestamp_ms for r in batch.records), default=0) / 1000}
+            current.set(row)
+            if batch.decoded is not None:
+                batch.decoded.add_done_callback(lambda _: row.__setitem__("decoded", time.time()))
+            try:
+                await run0(self, batch)
+            finally:
+                row["done"] = time.time()
+                row["core"] = getattr(batch, "_bench_core", None)
+                trace.write(json.dumps(row) + "\n")
+
+        def core(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.time()
+            try:
+                return core0(self, batch, *args, **kwargs)
+            finally:
+                batch._bench_core = (t0, time.time())
+
+        def staged(name: str, fn: Any) -> Any:
+            async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                row = current.get(None)
+                t0 = time.time()
+                try:
+                    return await fn(self, *args, **kwargs)
+                finally:
+                    if row is not None:
+                        row[name] = (t0, time.time())
+                        if name == "write":  # the plan, objects included once written
+                            row["messages"], row["objects"] = len(args[0].messages), len(args[0].objects)
+            return wrapper
+
+        BatchIngest._run = run  # type: ignore[method-assign]
+        BatchIngest._core_job = core  # type: ignore[method-assign]
+        BatchIngest._plan_stage = staged("plan", plan0)  # type: ignore[method-assign]
+        BatchIngest._write = staged("write", write0)  # type: ignore[method-assign]
     BatchIngest._plan_stage = timed_async("plan", BatchIngest._plan_stage)  # type: ignore[method-assign]
     BatchIngest._write = timed_async("write", BatchIngest._write)  # type: ignore[method-assign]
     sys.argv = ["pipeline", "worker"]
@@ -1237,6 +1329,9 @@ def main() -> None:
     p.add_argument("--no-timers", dest="timers", action="store_false",
                    help="Run `pipeline worker` itself, without the benchmark's adapter timers.")
     p.add_argument("--keep", action="store_true", help="Keep topics, bucket and logs (for inspection).")
+    p.add_argument("--batch-trace", default="", metavar="FILE",
+                   help="Append one JSON line per worker batch to FILE: its size, the age of its oldest record "
+                        "and when it was decoded, cored, planned and written (with the benchmark's timers).")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     args = p.parse_args()
     result = asyncio.run(bench(args))
