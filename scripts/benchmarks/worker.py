@@ -176,7 +176,7 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     With one (`pipeline.replay.Pacer`: by record time at a speed, or at a readings rate):
     each record when it is due, with the wall clock at send as its record timestamp.
     """
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=5 if pacer else 20,
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=10 if pacer else 20,
                                 max_batch_size=1 << 20, acks=1, partitioner=KeyPartitioner())
     out = Produced()
     pending: collections.deque[tuple[Any, int, float]] = collections.deque()
@@ -879,7 +879,7 @@ async def paced_run(run: Run, phase: str, rate: float, seconds: float, rpvs: flo
                 child.check()
                 if not sending.is_set() and lag.total == 0:
                     return
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.25)  # the load generator shares the host: poll gently
 
     watcher = asyncio.create_task(watch())
     say(f"  sending about {rate:,.0f} readings/s for {seconds:.0f} s ({args.pacing} pacing) ...")
