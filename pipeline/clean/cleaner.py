@@ -255,7 +255,7 @@ class Cleaner:
             for window in sorted({r.window for _, r in self.spikes})}
         self.stuck_check = StuckCheck(StuckParams.of(
             self.stuck, [signal_index(c.rule.against, *c.path, "against") if c.rule.against else -1
-                         for c in checks], self.n_signals), [c.layer for c in checks], self.signal_bits, STUCK)
+                         for c in checks]), [c.layer for c in checks], self.n_signals, self.signal_bits, STUCK)
 
         tail = max((rule.window - 1 for _, rule in self.spikes), default=1)
         self.state = VehicleState(

@@ -115,8 +115,9 @@ class StuckRule(_Section):
     |ref(t) - ref(start)|, `integral` |integral of ref dt| (seconds), `integral_abs` the
     integral of |ref| dt. Gaps in the reference longer than `max_gap_ms` add nothing.
     Held values in `ignore_values` or at or above `rest_above` are resting values, never
-    stuck (a regulated temperature). `also`: more checks of the same signal (each a rule of its own, without `also`), run
-    after this one on the readings it kept: a run is stuck when any check finds it so.
+    stuck (a regulated temperature). `also`: more checks of the same signal (each a rule of
+    its own, without `also`), judged on the same readings as this one: a run is stuck when
+    any check finds it so.
     """
 
     min_duration_ms: int = Field(default=60_000, gt=0)
@@ -219,8 +220,8 @@ class CleaningConfig(_Section):
     lines: dict[tuple[str, ...], int] = Field(default_factory=dict, exclude=True, repr=False)
 
     def stuck_checks(self) -> list[StuckCheckSpec]:
-        """Every stuck check in the order they run: each signal's rule, then the first of
-        the checks their `also` lists, and so on (`layer` 0, 1, ...)."""
+        """Every stuck check: each signal's rule, then the first of the checks their `also`
+        lists, and so on (`layer` 0, 1, ...)."""
         out = []
         for layer in range(1 + max((len(r.also) for r in self.stuck.values()), default=0)):
             for name, rule in self.stuck.items():

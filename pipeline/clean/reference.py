@@ -214,11 +214,12 @@ class ReferenceCleaner:
         checks = cfg.stuck_checks()
         measures = {(vins[key[0]], c.key): self._reference(c.rule, series, key[0], times, value, outcome)
                     for c in checks if c.rule.against for key in keys if key[1] == c.signal}
-        for c in checks:  # a signal's checks in turn, each on what the ones before kept
+        before = list(outcome)  # every check judges the readings alive when the stage began
+        for c in checks:
             for key in keys:
                 if key[1] == c.signal:
                     self._stuck(vins[key[0]], c.key, c.rule, series[key], times, value, outcome,
-                                measures.get((vins[key[0]], c.key)))
+                                measures.get((vins[key[0]], c.key)), before)
 
         out: list[tuple[str, str, int, float, bool, bool]] = []
         for key in keys:
@@ -480,8 +481,9 @@ class ReferenceCleaner:
         return points
 
     def _stuck(self, vin: str, name: str, rule: Any, rows: list[int], times: list[int],
-               value: list[float], outcome: list[int], reference: list[tuple[int, float]] | None) -> None:
-        alive = [i for i in rows if outcome[i] == KEPT]
+               value: list[float], outcome: list[int], reference: list[tuple[int, float]] | None,
+               before: list[int]) -> None:
+        alive = [i for i in rows if before[i] == KEPT]
         if not alive:
             return
         integral = rule.measure != "change"

@@ -8,7 +8,7 @@ of the runs across batches lives in `VehicleState` (`stuck_*`, one column per ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,13 +35,14 @@ ONSET_SHARE = 0.25
 
 @dataclass(slots=True)
 class StuckParams:
-    """Stuck rules as arrays by catalog signal (`slot_of` -1 = not checked)."""
+    """Stuck rules as arrays by stuck slot (one slot per check)."""
 
-    slot_of: IntArray
     signal: IntArray  # by stuck slot: the signal it checks
     min_duration_ms: IntArray  # by stuck slot
     min_count: IntArray
-    ignore: dict[int, tuple[FloatArray, float]]  # stuck slot -> resting values, rest_above
+    # resting values by stuck slot: `ignore` (NaN-padded columns) and `rest_above` (inf: none)
+    ignore: FloatArray
+    rest_above: FloatArray
     # cross-checks by stuck slot: reference signal (-1: none), measure (index into
     # MEASURES), min_reference, max_gap_ms
     ref_sig: IntArray
@@ -50,86 +51,111 @@ class StuckParams:
     max_gap_ms: IntArray
 
     @classmethod
-    def of(cls, rules: list[tuple[int, StuckRule]], references: list[int], n_signals: int) -> StuckParams:
-        slot_of = np.full(n_signals, -1, dtype=np.int64)
-        for k, (s, _) in enumerate(rules):
-            slot_of[s] = k
-        return cls(slot_of, np.asarray([s for s, _ in rules], dtype=np.int64),
+    def of(cls, rules: list[tuple[int, StuckRule]], references: list[int]) -> StuckParams:
+        width = max((len(r.ignore_values) for _, r in rules), default=0)
+        ignore = np.full((len(rules), width), np.nan)
+        for k, (_, r) in enumerate(rules):
+            ignore[k, :len(r.ignore_values)] = r.ignore_values
+        return cls(np.asarray([s for s, _ in rules], dtype=np.int64).reshape(-1),
                    np.asarray([r.min_duration_ms for _, r in rules], dtype=np.int64),
                    np.asarray([r.min_count for _, r in rules], dtype=np.int64),
-                   {k: (np.asarray(r.ignore_values, dtype=np.float64),
-                        np.inf if r.rest_above is None else r.rest_above)
-                    for k, (_, r) in enumerate(rules) if r.ignore_values or r.rest_above is not None},
+                   ignore,
+                   np.asarray([np.inf if r.rest_above is None else r.rest_above for _, r in rules],
+                              dtype=np.float64),
                    np.asarray(references, dtype=np.int64).reshape(-1),
                    np.asarray([MEASURES.index(r.measure) for _, r in rules], dtype=np.int64),
                    np.asarray([r.min_reference for _, r in rules], dtype=np.float64),
                    np.asarray([r.max_gap_ms for _, r in rules], dtype=np.int64))
 
+    def resting(self, x: FloatArray, k: IntArray) -> BoolArray:
+        """Readings at a resting value of their check `k`: one of `ignore_values`, or at or
+        above `rest_above`."""
+        out = x >= self.rest_above[k]
+        for j in range(self.ignore.shape[1]):
+            out |= x == self.ignore[k, j]
+        return out
+
 
 class StuckCheck:
-    """The stuck rules of a cleaner, vectorised over a batch's sorted rows.
+    """The stuck checks of a cleaner, vectorised over a batch's sorted rows.
 
-    A signal with more than one check (`also`) is judged in passes, one check per pass, a
-    later pass on the readings the earlier ones kept; every pass reads the references as
-    they were before the first.
+    Every check of every signal is judged in one pass, each on the readings alive when
+    the stage begins (so a signal's checks share its references as they arrived): a
+    series is a vehicle's readings of a signal, once per check of that signal (`layers`:
+    0 for a signal's rule, 1, 2... for the checks its `also` lists). A reading is stuck
+    when any check of its signal finds it so.
     """
 
-    def __init__(self, params: StuckParams, layers: list[int], signal_bits: int, code: int) -> None:
-        self.passes = []
-        for layer in range(max(layers, default=-1) + 1):
-            slot_of = np.full(params.slot_of.size, -1, dtype=np.int64)
-            for k, sig in enumerate(params.signal.tolist()):
-                if layers[k] == layer:
-                    slot_of[sig] = k
-            self.passes.append(replace(params, slot_of=slot_of))
+    def __init__(self, params: StuckParams, layers: list[int], n_signals: int, signal_bits: int,
+                 code: int) -> None:
+        self.p = params
+        self.slot_of = np.full((max(layers, default=-1) + 1, n_signals), -1, dtype=np.int64)
+        for k, sig in enumerate(params.signal.tolist()):
+            self.slot_of[layers[k], sig] = k
         self.signal_bits = signal_bits
         self.code = code  # outcome code of a stuck reading
 
     def run(self, rows: _Sorted, state: VehicleState) -> None:
-        """Every pass over the batch; see `_pass`."""
-        ref_code = rows.code.copy() if len(self.passes) > 1 else rows.code
-        for p in self.passes:
-            self._pass(rows, state, p, ref_code)
-
-    def _pass(self, rows: _Sorted, state: VehicleState, p: StuckParams, ref_code: CodeArray) -> None:
         """Runs of one unchanged value that last too long (continued from history).
 
         A run is stuck once one of its readings has held for `min_duration_ms` and
         `min_count` readings (and, for a cross-checked rule, the reference moved by
         `min_reference` since the run began: its readings as they arrived, before this
-        check, measured within the batch); then all its repeats in the batch are dropped,
+        stage, measured within the batch); then all its repeats in the batch are dropped,
         and the run's later readings while it lasts. Only series that can hold such a run
         are worked out in full: those continuing a run from the last batch, holding
         `min_count` equal readings in a row, or ending in a repeat (whose run the next
         batch continues); the others just start a run.
         """
-        idx = rows.alive(rows.rows_of(np.flatnonzero(p.slot_of[rows.gsig] >= 0)))
+        p = self.p
+        # the rows of each check's series, one layer after another
+        groups = [np.flatnonzero(slots[rows.gsig] >= 0) for slots in self.slot_of]
+        glen = rows.glen[np.concatenate(groups)] if groups else np.empty(0, np.int64)
+        idx = ranges(rows.gstart[np.concatenate(groups)], glen) if groups else np.empty(0, np.int64)
+        sizes = np.asarray([int(rows.glen[g].sum()) for g in groups], dtype=np.int64)
+        new = np.zeros(idx.size, dtype=bool)
+        new[np.cumsum(glen) - glen] = True
+        alive = rows.code[idx] == 0
+        if not alive.all():
+            ends = np.cumsum(sizes)
+            sizes = np.asarray([np.count_nonzero(alive[e - n:e]) for e, n in zip(ends.tolist(), sizes.tolist(),
+                                                                                strict=True)], dtype=np.int64)
+            # a series whose first row is dead starts at its first alive one (a series all
+            # dead marks the next series' start, a start anyway)
+            starts = np.flatnonzero(new)
+            lost = starts[~alive[starts]]
+            new = new[alive]
+            idx = idx[alive]
+            at = lost - np.searchsorted(np.flatnonzero(~alive), lost)
+            new[at[at < idx.size]] = True
         if not idx.size:
             return
         m = idx.size
         x = rows.value[idx]
-        new = starts_of(rows.gkey[idx])
+        part_start = np.cumsum(sizes) - sizes
         first = np.flatnonzero(new)
         last = np.append(first[1:], m) - 1
         head = idx[first]
-        slot, k = rows.vslot[rows.vehicle[head]], p.slot_of[rows.signal[head]]
+        layer = np.searchsorted(part_start, first, side="right") - 1
+        slot, k = rows.vslot[rows.vehicle[head]], self.slot_of[layer, rows.signal[head]]
         t_first = rows.t[head]
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
+        # runs of a resting value are never stuck (nor continued)
+        rep = np.flatnonzero(eq)
+        of = np.searchsorted(first, rep, side="right") - 1
+        resting = p.resting(x[rep], k[of])
+        if resting.any():
+            eq[rep[resting]] = False
+            rep, of = rep[~resting], of[~resting]
         held_on = go_on.copy()  # continuing a run that could be stuck
-        for kk, values in p.ignore.items():  # runs of a resting value are never stuck
-            series = np.flatnonzero(k == kk)
-            if series.size:
-                at = ranges(first[series], last[series] - first[series] + 1)
-                eq[at[_resting(x[at], values)]] = False
-                held_on[series] &= ~_resting(x[first[series]], values)
+        cont = np.flatnonzero(go_on)
+        held_on[cont] = ~p.resting(x[first[cont]], k[cont])
         # a series holds min_count equal readings in a row when the repeat min_count - 2
         # repeats after one is min_count - 2 rows further on (repeats are few)
-        rep = np.flatnonzero(eq)
         streak = np.zeros(first.size, dtype=bool)
         if rep.size:
-            of = np.searchsorted(first, rep, side="right") - 1
             span = p.min_count[k[of]] - 2
             ahead = np.arange(rep.size) + span
             inside = ahead < rep.size
@@ -148,33 +174,34 @@ class StuckCheck:
         if not full.any():
             return
         sel = np.flatnonzero(full)
-        sub = idx[ranges(first[sel], last[sel] - first[sel] + 1)]
+        count = last[sel] - first[sel] + 1
+        sub = idx[ranges(first[sel], count)]
         x, t = rows.value[sub], rows.t[sub]
-        new_group = starts_of(rows.gkey[sub])
-        first = np.flatnonzero(new_group)
+        first = np.cumsum(count) - count
+        new_group = np.zeros(sub.size, dtype=bool)
+        new_group[first] = True
         slot, k, go_on = slot[sel], k[sel], go_on[sel]
         new_run = new_group.copy()
         new_run[1:] |= x[1:] != x[:-1]
         run_first = np.flatnonzero(new_run)
         run_of = np.cumsum(new_run) - 1
-        run_start = t[run_first].copy()
+        run_start = t[run_first]
         run_offset = np.zeros(run_first.size, dtype=np.int64)
         first_run = run_of[first]
         run_start[first_run] = np.where(go_on, state.stuck_start[slot, k], run_start[first_run])
         run_offset[first_run] = np.where(go_on, state.stuck_n[slot, k], 0)
         in_run = np.arange(sub.size) - run_first[run_of] + 1 + run_offset[run_of]
         since = t - run_start[run_of]
-        count = np.diff(np.append(first, sub.size))
         row_k = np.repeat(k, count)
         bad = (since >= p.min_duration_ms[row_k]) & (in_run >= p.min_count[row_k])
-        for kk, values in p.ignore.items():  # signals with resting values (few)
-            bad &= ~((row_k == kk) & _resting(x, values))
+        cand = np.flatnonzero(bad)
+        bad[cand[p.resting(x[cand], row_k[cand])]] = False
         run_ref0 = np.full(run_first.size, np.nan)
         ref_next = np.full(first.size, np.nan)  # per series: where the next batch measures from
         checked = np.flatnonzero(p.ref_sig[k] >= 0)
         moved = np.ones(sub.size, dtype=bool)  # the reference began to move (unchecked: always)
         if checked.size:  # cross-checked rules: the reference must have moved
-            self._cross_check(rows, state, p, ref_code, sub, t, run_start[run_of], first, count, k, slot, go_on,
+            self._cross_check(rows, state, sub, t, run_start[run_of], first, count, k, slot, go_on,
                               new_run, run_of, first_run, checked, bad, moved, run_ref0, ref_next)
         run_hit = np.zeros(run_first.size, dtype=bool)
         run_hit[run_of[bad]] = True
@@ -191,7 +218,7 @@ class StuckCheck:
         onset[first_run[before]] = 0
         bad = run_hit[run_of] & (in_run >= 2) & (np.arange(sub.size) >= onset[run_of])
         rows.code[sub[bad]] = self.code
-        last = np.append(first[1:], sub.size) - 1
+        last = first + count - 1
         newer = t[last] > state.stuck_t[slot, k]
         us, uk = slot[newer], k[newer]
         state.stuck_v[us, uk] = x[last][newer]
@@ -201,8 +228,7 @@ class StuckCheck:
         state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
         state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
 
-    def _cross_check(self, rows: _Sorted, state: VehicleState, p: StuckParams, ref_code: CodeArray,
-                     sub: IntArray, t: IntArray, start_t: IntArray, first: IntArray, count: IntArray, k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
+    def _cross_check(self, rows: _Sorted, state: VehicleState, sub: IntArray, t: IntArray, start_t: IntArray, first: IntArray, count: IntArray, k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
                      first_run: IntArray, checked: IntArray, bad: BoolArray, moved: BoolArray,
                      run_ref0: FloatArray, ref_next: FloatArray) -> None:
         """Keep in `bad` only the readings whose reference moved enough since their run began;
@@ -216,6 +242,7 @@ class StuckCheck:
         reading of the batch); `ref_next` where the next batch measures each series' last
         run from (relative to its own first reading, for an integral).
         """
+        p = self.p
         kc = k[checked]
         veh = rows.vehicle[sub[first[checked]]]
         integral = p.measure[kc] != 0
@@ -224,7 +251,7 @@ class StuckCheck:
         glen = np.searchsorted(rows.gkey, want, side="right") - lo
         ref_rows = ranges(lo, glen)
         owner = np.repeat(np.arange(checked.size), glen)
-        live = ref_code[ref_rows] == 0
+        live = rows.code[ref_rows] == 0  # as they arrived: the stage writes its codes last
         ref_rows, owner = ref_rows[live], owner[live]
         m_first = np.where(integral, 0.0, np.nan)
         m_last = m_first.copy()
@@ -280,9 +307,3 @@ class StuckCheck:
             moved[at] = change >= ONSET_SHARE * threshold
         end = run_ref0[run_of[first[checked] + count[checked] - 1]]
         ref_next[checked] = np.where(integral, end - m_last, end)
-
-
-def _resting(x: FloatArray, rest: tuple[FloatArray, float]) -> BoolArray:
-    """Readings at a resting value of their rule: one of `ignore_values`, or `rest_above`."""
-    values, above = rest
-    return np.isin(x, values) | (x >= above)

@@ -174,7 +174,7 @@ def test_engine_temperatures_checked_against_each_other_while_warming(catalog) -
     assert other_reference.clean(readings_of(warm)).outcome == result.outcome.tolist()
 
 
-def test_checks_of_one_signal_run_in_passes(catalog) -> None:  # type: ignore[no-untyped-def]
+def test_checks_of_one_signal_are_listed_by_layer(catalog) -> None:  # type: ignore[no-untyped-def]
     config = load_cleaning_config()
     checks = [c for c in config.stuck_checks() if c.signal == SPEED]
     assert [(c.key, c.layer, c.rule.against) for c in checks][:2] == [
@@ -208,3 +208,19 @@ def test_cold_oil_held_while_the_engine_runs_is_stuck(catalog) -> None:  # type:
     result = other.clean(readings_of(off))
     assert set(of_signal(result, off, OIL)) == {"kept"}
     assert other_reference.clean(readings_of(off)).outcome == result.outcome.tolist()
+
+
+def test_a_signals_checks_judge_the_same_readings(catalog) -> None:  # type: ignore[no-untyped-def]
+    # speed frozen at 20.0 for 4.5 s: the motor moves by 40 rpm (a quarter of its 150) at
+    # 0.5 s and by 160 at 3 s; the acceleration implies 0.075 m/s (a quarter of 0.3) only
+    # at 1.15 s. Every check judges the whole run, so the run is stuck from where the first
+    # reference began to move (the motor's, 0.5 s), not from where the acceleration check
+    # began dropping (1.5 s), which a later check judging only what it kept would give.
+    ts, ta = seconds(0, 10, 0.5), seconds(0, 46, 0.1)
+    accel = [n + (0.5 if k >= 10 else 0.0) for k, n in enumerate(accel_noise(46))]
+    motor = [1000.0, 1040.0, 1040.0, 1040.0, 1040.0, 1040.0, 1160.0, 1160.0, 1160.0, 1160.0]
+    batch = [frame(VIN, 1, ta[-1] + 100, {SPEED: (ts, [20.0] * 10), ACCEL: (ta, accel), MOTOR: (ts, motor)})]
+    cleaner, reference = shipped(catalog)
+    result = cleaner.clean(readings_of(batch))
+    assert of_signal(result, batch, SPEED) == ["kept"] + ["dropped.stuck"] * 9
+    assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
