@@ -484,6 +484,7 @@ class ReferenceCleaner:
                value: list[float], outcome: list[int], reference: list[tuple[int, float]] | None,
                before: list[int]) -> None:
         alive = [i for i in rows if before[i] == KEPT]
+        run = self.runs.get((vin, name))
         if not alive:
             return
         integral = rule.measure != "change"
@@ -504,39 +505,59 @@ class ReferenceCleaner:
                     return m
             return measure_at(t) if integral else None  # a change: from the next batch's first
 
-        run = self.runs.get((vin, name))
-        members: list[int] = []
-        if run is not None and value[alive[0]] == run[0] and times[alive[0]] > run[3]:
-            current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
-            if ref0 is None and reference is not None:  # measured from this batch's first reading
-                ref0 = 0.0 if integral else (reference[0][1] if reference else None)
-        else:
-            current, start, count = value[alive[0]], times[alive[0]], 0
-            ref0, hit = measure_from(times[alive[0]]), False
-        onset = hit or not rule.against  # stuck from where the reference began to move
-        for i in alive:
-            if value[i] != current:
-                current, start, count = value[i], times[i], 0
-                ref0, hit = measure_from(times[i]), False
-                onset = not rule.against
-                members = []
-            count += 1
-            moved: float | None = None
-            if rule.against:
-                now = measure_at(times[i], start)
-                moved = abs(now - ref0) if now is not None and ref0 is not None else None
-                onset = onset or (moved is not None and moved >= ONSET_SHARE * rule.min_reference)
-            if count >= 2 and onset:
-                members.append(i)
-            held = (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
-                    and value[i] not in rule.ignore_values
-                    and (rule.rest_above is None or value[i] < rule.rest_above))
-            if held and rule.against:
-                held = moved is not None and moved >= rule.min_reference
-            hit = hit or held
-            if hit:
-                for j in members:
-                    outcome[j] = STUCK
+        def judge(series: list[int], run: tuple[Any, ...] | None) -> tuple[float, int, int, float | None, bool]:
+            members: list[int] = []
+            if run is not None and value[series[0]] == run[0]:
+                current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
+                if ref0 is None and reference is not None:  # a run of one: from its start
+                    ref0 = measure_from(start)
+                elif ref0 is not None and integral and reference is not None:
+                    # the integral goes on from the first reading since the run's last one
+                    # (readings of late frames from before add nothing)
+                    there = measure_from(run[3])
+                    ref0 = ref0 + there if there is not None else None
+            else:
+                current, start, count = value[series[0]], times[series[0]], 0
+                ref0, hit = measure_from(times[series[0]]), False
+            onset = hit or not rule.against  # stuck from where the reference began to move
+            for i in series:
+                if value[i] != current:
+                    current, start, count = value[i], times[i], 0
+                    ref0, hit = measure_from(times[i]), False
+                    onset = not rule.against
+                    members = []
+                count += 1
+                moved: float | None = None
+                if rule.against:
+                    now = measure_at(times[i], start)
+                    moved = abs(now - ref0) if now is not None and ref0 is not None else None
+                    onset = onset or (moved is not None and moved >= ONSET_SHARE * rule.min_reference)
+                if count >= 2 and onset:
+                    members.append(i)
+                held = (times[i] - start >= rule.min_duration_ms and count >= rule.min_count
+                        and value[i] not in rule.ignore_values
+                        and (rule.rest_above is None or value[i] < rule.rest_above))
+                if held and rule.against:
+                    held = moved is not None and moved >= rule.min_reference
+                hit = hit or held
+                if hit:
+                    for j in members:
+                        outcome[j] = STUCK
+            return current, start, count, ref0, hit
+
+        if run is not None:
+            # readings of late frames the run in history has passed: a series of their own,
+            # which leaves the history as it is; stuck too when they repeat a stuck run
+            old = [i for i in alive if times[i] <= run[3]]
+            for i in old:
+                if run[5] and value[i] == run[0] and times[i] > run[1]:
+                    outcome[i] = STUCK
+            if old:
+                judge(old, None)
+            alive = [i for i in alive if times[i] > run[3]]
+            if not alive:
+                return
+        current, start, count, ref0, hit = judge(alive, run)
         if run is None or times[alive[-1]] > run[3]:
             carried = None  # a run of one: the next batch measures from its first reading
             if rule.against and count > 1 and ref0 is not None:

@@ -96,6 +96,13 @@ class StuckCheck:
         self.code = code  # outcome code of a stuck reading
 
     def run(self, rows: _Sorted, state: VehicleState) -> None:
+        """Judge the batch (`_judge`); the late readings found stuck are marked last, like
+        the others, so that every check reads its references as they arrived."""
+        self._late_stuck: IntArray = np.empty(0, dtype=np.int64)
+        self._judge(rows, state)
+        rows.code[self._late_stuck] = self.code
+
+    def _judge(self, rows: _Sorted, state: VehicleState) -> None:
         """Runs of one unchanged value that last too long (continued from history).
 
         A run is stuck once one of its readings has held for `min_duration_ms` and
@@ -139,6 +146,17 @@ class StuckCheck:
         layer = np.searchsorted(part_start, first, side="right") - 1
         slot, k = rows.vslot[rows.vehicle[head]], self.slot_of[layer, rows.signal[head]]
         t_first = rows.t[head]
+        behind = np.flatnonzero(t_first <= state.stuck_t[slot, k])
+        if behind.size:  # readings of late frames, which the series' run in history has passed
+            split = self._behind(rows, state, idx, first, last, slot, k, behind)
+            if split.size:  # judged as a series of their own, before the batch's own readings
+                new[split] = True
+                first = np.flatnonzero(new)
+                last = np.append(first[1:], m) - 1
+                head = idx[first]
+                layer = np.searchsorted(part_start, first, side="right") - 1
+                slot, k = rows.vslot[rows.vehicle[head]], self.slot_of[layer, rows.signal[head]]
+                t_first = rows.t[head]
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
@@ -228,6 +246,27 @@ class StuckCheck:
         state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
         state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
 
+    def _behind(self, rows: _Sorted, state: VehicleState, idx: IntArray, first: IntArray, last: IntArray,
+                slot: IntArray, k: IntArray, behind: IntArray) -> IntArray:
+        """Where the batch's own readings begin (positions in `idx`) in `behind` series,
+        which start with readings of late frames at or before the last reading of their
+        run in history. Those are judged as a series of their own that leaves the history
+        as it is (a run that starts again), and each of them is stuck too when it repeats
+        the run's value after the run began and the run was found stuck (a late frame of a
+        frozen sensor)."""
+        n = last[behind] - first[behind] + 1
+        at = ranges(first[behind], n)
+        owner = np.repeat(behind, n)
+        s, kk = slot[owner], k[owner]
+        old = rows.t[idx[at]] <= state.stuck_t[s, kk]
+        passed = np.bincount(np.searchsorted(behind, owner[old]), minlength=behind.size)
+        at, s, kk = at[old], s[old], kk[old]
+        rows_at = idx[at]
+        stuck = (state.stuck_hit[s, kk] & (rows.value[rows_at] == state.stuck_v[s, kk])
+                 & (rows.t[rows_at] > state.stuck_start[s, kk]))
+        self._late_stuck = rows_at[stuck]
+        return (first[behind] + passed)[passed < n]
+
     def _cross_check(self, rows: _Sorted, state: VehicleState, sub: IntArray, t: IntArray, start_t: IntArray, first: IntArray, count: IntArray, k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
                      first_run: IntArray, checked: IntArray, bad: BoolArray, moved: BoolArray,
                      run_ref0: FloatArray, ref_next: FloatArray) -> None:
@@ -238,8 +277,9 @@ class StuckCheck:
         beside it; its measure is the value (`change`) or the integral from its first reading
         in the batch, 0 there, and 0 before it (unknown for `change`). `run_ref0` gets the
         measure where each run began (at the reference's first reading from its start; a run
-        from history: where it left off, or the first
-        reading of the batch); `ref_next` where the next batch measures each series' last
+        from history: where it left off, an integral from the reference's first reading
+        since the run's last one, and a run of one at the first reading from its start as
+        well); `ref_next` where the next batch measures each series' last
         run from (relative to its own first reading, for an integral).
         """
         p = self.p
@@ -299,7 +339,24 @@ class StuckCheck:
         run_ref0[run_of[at[starts]]] = begin[starts]
         cont = np.flatnonzero(go_on[checked])
         stored = state.stuck_ref0[slot[checked[cont]], kc[cont]]
-        run_ref0[first_run[checked[cont]]] = np.where(np.isnan(stored), m_first[cont], stored)
+        # A run of one in history (NaN) is measured from its start, and an integral goes on
+        # from the last reading the run had: both at the reference's first reading from
+        # then on, so that readings of late frames from before add nothing.
+        unknown = np.isnan(stored)
+        anchored = unknown | integral[cont]
+        if ref_rows.size and anchored.any():
+            q = cont[anchored]
+            since = np.where(unknown[anchored], state.stuck_start[slot[checked[q]], kc[q]],
+                             state.stuck_t[slot[checked[q]], kc[q]])
+            nxt = np.searchsorted(rkey, q * span + np.clip(since - t_lo, 0, span - 1), side="left")
+            found = nxt < rkey.size
+            found[found] = owner[nxt[found]] == q[found]
+            there = np.where(integral[q], m_last[q], np.nan)
+            there[found] = measure[nxt[found]]
+            stored[anchored] = np.where(unknown[anchored], there, stored[anchored] + there)
+        else:
+            stored[unknown] = m_first[cont[unknown]]
+        run_ref0[first_run[checked[cont]]] = stored
         with np.errstate(invalid="ignore"):
             change = np.abs(now - run_ref0[run_of[at]])
             threshold = p.min_reference[kc][q_owner]

@@ -224,3 +224,52 @@ def test_a_signals_checks_judge_the_same_readings(catalog) -> None:  # type: ign
     result = cleaner.clean(readings_of(batch))
     assert of_signal(result, batch, SPEED) == ["kept"] + ["dropped.stuck"] * 9
     assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_a_late_reading_does_not_restart_a_held_run(catalog) -> None:  # type: ignore[no-untyped-def]
+    # acceleration frozen at 0.5 from 0.0 s: three readings in the first batch, three more in
+    # the second, which also brings a late frame with a reading from before the run (-1 s):
+    # the run goes on over it (six readings over 0.5 s: stuck), instead of starting again
+    t = seconds(0, 6, 0.1)
+    first = [frame(VIN, 2, t[2] + 100, {ACCEL: (t[:3], [0.5] * 3)})]
+    second = [frame(VIN, 1, seconds(-1, 1)[0] + 100, {ACCEL: (seconds(-1, 1), [0.1])},
+                    received_at=t[5] + 200),
+              frame(VIN, 3, t[5] + 100, {ACCEL: (t[3:], [0.5] * 3)})]
+    cleaner, reference = shipped(catalog)
+    for batch, want in ((first, ["kept"] * 3), (second, ["kept"] + ["dropped.stuck"] * 3)):
+        result = cleaner.clean(readings_of(batch))
+        assert of_signal(result, batch, ACCEL) == want
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_a_late_reading_of_a_stuck_run_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # acceleration frozen at 0.5 for 1 s (stuck); a late frame then brings a reading from
+    # inside the run (0.55 s) with the frozen value: stuck as well, and the run goes on
+    t = seconds(0, 11, 0.1)
+    first = [frame(VIN, 1, t[-1] + 100, {ACCEL: (t, [0.5] * 11)})]
+    later = seconds(1.1, 2, 0.1)
+    second = [frame(VIN, 2, seconds(0.55, 1)[0] + 100, {ACCEL: (seconds(0.55, 1), [0.5])},
+                    received_at=later[-1] + 200),
+              frame(VIN, 3, later[-1] + 100, {ACCEL: (later, [0.5, 0.7])})]
+    cleaner, reference = shipped(catalog)
+    for batch, want in ((first, ["kept"] + ["dropped.stuck"] * 10),
+                        (second, ["dropped.stuck", "dropped.stuck", "kept"])):
+        result = cleaner.clean(readings_of(batch))
+        assert of_signal(result, batch, ACCEL) == want
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
+def test_a_late_reference_frame_adds_nothing_to_a_running_integral(catalog) -> None:  # type: ignore[no-untyped-def]
+    # SoC held at 70.0 from 0 s while the pack is idle (0 W); the second batch brings, with
+    # more of the hold, a late frame of the pack's power from before the run (-30 s: 50 kW
+    # for 4 s, 200 kJ): that energy flowed before the hold began and does not count
+    t = seconds(0, 8)
+    first = [frame(VIN, 2, t[3] + 100, {SOC: (t[:4], [70.0] * 4), POWER: (t[:4], [0.0] * 4)})]
+    late = seconds(-30, 5)
+    second = [frame(VIN, 1, late[-1] + 100, {POWER: (late, [50_000.0] * 5)}, received_at=t[-1] + 200),
+              frame(VIN, 3, t[-1] + 100, {SOC: (t[4:], [70.0] * 4), POWER: (t[4:], [0.0] * 4)})]
+    cleaner, reference = shipped(catalog)
+    for batch in (first, second):
+        result = cleaner.clean(readings_of(batch))
+        assert set(of_signal(result, batch, SOC)) == {"kept"}
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
