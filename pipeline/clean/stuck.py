@@ -115,8 +115,8 @@ class StuckCheck:
         batch continues); the others just start a run.
         """
         p = self.p
-        # the rows of each check's series, one layer after another
-        groups = [np.flatnonzero(slots[rows.gsig] >= 0) for slots in self.slot_of]
+        # the rows of each check's series that may hold a run, one layer after another
+        groups = self._screen(rows, state)
         glen = rows.glen[np.concatenate(groups)] if groups else np.empty(0, np.int64)
         idx = ranges(rows.gstart[np.concatenate(groups)], glen) if groups else np.empty(0, np.int64)
         sizes = np.asarray([int(rows.glen[g].sum()) for g in groups], dtype=np.int64)
@@ -245,6 +245,56 @@ class StuckCheck:
         state.stuck_t[us, uk] = t[last][newer]
         state.stuck_hit[us, uk] = run_hit[run_of[last]][newer]
         state.stuck_ref0[us, uk] = np.where(in_run[last] > 1, ref_next, np.nan)[newer]
+
+    def _screen(self, rows: _Sorted, state: VehicleState) -> list[IntArray]:
+        """The groups (by layer) that may hold a run, to be worked out in `_judge`; the
+        others start a run with their last reading here.
+
+        Read over the whole batch, without gathering the checked rows: a group whose rows
+        are all alive, that does not continue a run from history (nor begin before its
+        last reading there), ends on a fresh value and holds no `min_count` equal readings
+        in a row can only start a run. The rest (a superset of those `_judge` works out in
+        full) go on to `_judge`.
+        """
+        p, v, t = self.p, rows.value, rows.t
+        n, n_groups = v.size, rows.gstart.size
+        eq = np.zeros(n, dtype=bool)
+        if n > 1:
+            np.equal(v[1:], v[:-1], out=eq[1:])
+            eq[1:] &= ~rows.new[1:]
+        rep = np.flatnonzero(eq)
+        rep_g = np.searchsorted(rows.gstart, rep, side="right") - 1
+        unsure = np.zeros(n_groups, dtype=bool)  # groups with dead rows: worked out row by row
+        unsure[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
+        glast = rows.gstart + rows.glen - 1
+        out = []
+        for slots in self.slot_of:
+            k_of = slots[rows.gsig]
+            groups = np.flatnonzero(k_of >= 0)
+            k, slot = k_of[groups], rows.gslot[groups]
+            first, last = rows.gstart[groups], glast[groups]
+            go = unsure[groups] | (t[first] <= state.stuck_t[slot, k])
+            go |= (v[first] == state.stuck_v[slot, k]) & ~p.resting(v[first], k)
+            go |= eq[last] & ~p.resting(v[last], k)
+            mine = k_of[rep_g] >= 0
+            if mine.any():  # min_count equal readings in a row (see `_judge`)
+                r, g = rep[mine], rep_g[mine]
+                span = p.min_count[k_of[g]] - 2
+                ahead = np.arange(r.size) + span
+                inside = ahead < r.size
+                streak = np.zeros(n_groups, dtype=bool)
+                streak[g[inside & (r[np.minimum(ahead, r.size - 1)] - r == span)]] = True
+                go |= streak[groups]
+            easy = ~go & (t[last] > state.stuck_t[slot, k])
+            us, uk, at = slot[easy], k[easy], last[easy]
+            state.stuck_v[us, uk] = v[at]
+            state.stuck_start[us, uk] = t[at]
+            state.stuck_n[us, uk] = 1
+            state.stuck_t[us, uk] = t[at]
+            state.stuck_hit[us, uk] = False
+            state.stuck_ref0[us, uk] = np.nan
+            out.append(groups[go])
+        return out
 
     def _behind(self, rows: _Sorted, state: VehicleState, idx: IntArray, first: IntArray, last: IntArray,
                 slot: IntArray, k: IntArray, behind: IntArray) -> IntArray:
