@@ -90,8 +90,11 @@ class StuckCheck:
                  code: int) -> None:
         self.p = params
         self.slot_of = np.full((max(layers, default=-1) + 1, n_signals), -1, dtype=np.int64)
+        self.min_count_of = np.zeros(n_signals, dtype=np.int64)  # the fewest of a signal's checks
         for k, sig in enumerate(params.signal.tolist()):
             self.slot_of[layers[k], sig] = k
+            count = int(params.min_count[k])
+            self.min_count_of[sig] = min(count, self.min_count_of[sig] or count)
         self.signal_bits = signal_bits
         self.code = code  # outcome code of a stuck reading
 
@@ -253,48 +256,43 @@ class StuckCheck:
         Read over the whole batch, without gathering the checked rows: a group whose rows
         are all alive, that does not continue a run from history (nor begin before its
         last reading there), ends on a fresh value and holds no `min_count` equal readings
-        in a row can only start a run. The rest (a superset of those `_judge` works out in
-        full) go on to `_judge`.
+        in a row (the fewest of its signal's checks) can only start a run. The rest (a
+        superset of those `_judge` works out in full) go on to `_judge`.
         """
         p, v, t = self.p, rows.value, rows.t
-        n, n_groups = v.size, rows.gstart.size
-        eq = np.zeros(n, dtype=bool)
-        if n > 1:
+        k_of = self.slot_of[:, rows.gsig]  # (layer, group) -> check, -1: none
+        checked = (k_of >= 0).any(axis=0)
+        eq = np.zeros(v.size, dtype=bool)
+        if v.size > 1:
             np.equal(v[1:], v[:-1], out=eq[1:])
             eq[1:] &= ~rows.new[1:]
+        eq &= np.repeat(checked, rows.glen)
         rep = np.flatnonzero(eq)
         rep_g = np.searchsorted(rows.gstart, rep, side="right") - 1
-        unsure = np.zeros(n_groups, dtype=bool)  # groups with dead rows: worked out row by row
-        unsure[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
-        glast = rows.gstart + rows.glen - 1
-        out = []
-        for slots in self.slot_of:
-            k_of = slots[rows.gsig]
-            groups = np.flatnonzero(k_of >= 0)
-            k, slot = k_of[groups], rows.gslot[groups]
-            first, last = rows.gstart[groups], glast[groups]
-            go = unsure[groups] | (t[first] <= state.stuck_t[slot, k])
-            go |= (v[first] == state.stuck_v[slot, k]) & ~p.resting(v[first], k)
-            go |= eq[last] & ~p.resting(v[last], k)
-            mine = k_of[rep_g] >= 0
-            if mine.any():  # min_count equal readings in a row (see `_judge`)
-                r, g = rep[mine], rep_g[mine]
-                span = p.min_count[k_of[g]] - 2
-                ahead = np.arange(r.size) + span
-                inside = ahead < r.size
-                streak = np.zeros(n_groups, dtype=bool)
-                streak[g[inside & (r[np.minimum(ahead, r.size - 1)] - r == span)]] = True
-                go |= streak[groups]
-            easy = ~go & (t[last] > state.stuck_t[slot, k])
-            us, uk, at = slot[easy], k[easy], last[easy]
-            state.stuck_v[us, uk] = v[at]
-            state.stuck_start[us, uk] = t[at]
-            state.stuck_n[us, uk] = 1
-            state.stuck_t[us, uk] = t[at]
-            state.stuck_hit[us, uk] = False
-            state.stuck_ref0[us, uk] = np.nan
-            out.append(groups[go])
-        return out
+        base = np.zeros(rows.gstart.size, dtype=bool)  # with dead rows, or min_count in a row
+        base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
+        if rep.size:
+            span = self.min_count_of[rows.gsig[rep_g]] - 2
+            ahead = np.arange(rep.size) + span
+            inside = ahead < rep.size
+            base[rep_g[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
+        layer, groups = np.nonzero(k_of >= 0)  # every check's series, by layer
+        k, slot = k_of[layer, groups], rows.gslot[groups]
+        first = rows.gstart[groups]
+        last = first + rows.glen[groups] - 1
+        go = base[groups] | (t[first] <= state.stuck_t[slot, k])
+        go |= (v[first] == state.stuck_v[slot, k]) & ~p.resting(v[first], k)
+        go |= eq[last] & ~p.resting(v[last], k)
+        easy = ~go & (t[last] > state.stuck_t[slot, k])
+        us, uk, ul = slot[easy], k[easy], last[easy]
+        state.stuck_v[us, uk] = v[ul]
+        state.stuck_start[us, uk] = t[ul]
+        state.stuck_n[us, uk] = 1
+        state.stuck_t[us, uk] = t[ul]
+        state.stuck_hit[us, uk] = False
+        state.stuck_ref0[us, uk] = np.nan
+        counts = np.bincount(layer[go], minlength=k_of.shape[0])
+        return np.split(groups[go], np.cumsum(counts)[:-1])
 
     def _behind(self, rows: _Sorted, state: VehicleState, idx: IntArray, first: IntArray, last: IntArray,
                 slot: IntArray, k: IntArray, behind: IntArray) -> IntArray:
