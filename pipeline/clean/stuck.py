@@ -95,6 +95,7 @@ class StuckCheck:
             self.slot_of[layers[k], sig] = k
             count = int(params.min_count[k])
             self.min_count_of[sig] = min(count, self.min_count_of[sig] or count)
+        self.checked: BoolArray = np.asarray((self.slot_of >= 0).any(axis=0))  # signals with a check
         self.signal_bits = signal_bits
         self.code = code  # outcome code of a stuck reading
 
@@ -222,8 +223,15 @@ class StuckCheck:
         checked = np.flatnonzero(p.ref_sig[k] >= 0)
         moved = np.ones(sub.size, dtype=bool)  # the reference began to move (unchecked: always)
         if checked.size:  # cross-checked rules: the reference must have moved
+            # the reference is read only where it matters: in runs that may be stuck, and
+            # where the runs the next batch continues begin
+            need = np.zeros(run_first.size, dtype=bool)
+            need[run_of[bad]] = True
+            ends = first + count - 1
+            need[run_of[ends[in_run[ends] > 1]]] = True
             self._cross_check(rows, state, sub, t, run_start[run_of], first, count, k, slot, go_on,
-                              new_run, run_of, first_run, checked, bad, moved, run_ref0, ref_next)
+                              new_run, run_of, first_run, checked, bad, moved, run_ref0, ref_next,
+                              need[run_of])
         run_hit = np.zeros(run_first.size, dtype=bool)
         run_hit[run_of[bad]] = True
         # a run's readings are stuck from the first at which its reference began to move
@@ -260,15 +268,15 @@ class StuckCheck:
         superset of those `_judge` works out in full) go on to `_judge`.
         """
         p, v, t = self.p, rows.value, rows.t
-        k_of = self.slot_of[:, rows.gsig]  # (layer, group) -> check, -1: none
-        checked = (k_of >= 0).any(axis=0)
+        checked = self.checked[rows.gsig]
         eq = np.zeros(v.size, dtype=bool)
         if v.size > 1:
             np.equal(v[1:], v[:-1], out=eq[1:])
             eq[1:] &= ~rows.new[1:]
-        eq &= np.repeat(checked, rows.glen)
         rep = np.flatnonzero(eq)
         rep_g = np.searchsorted(rows.gstart, rep, side="right") - 1
+        mine = checked[rep_g]
+        rep, rep_g = rep[mine], rep_g[mine]
         base = np.zeros(rows.gstart.size, dtype=bool)  # with dead rows, or min_count in a row
         base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
         if rep.size:
@@ -276,8 +284,11 @@ class StuckCheck:
             ahead = np.arange(rep.size) + span
             inside = ahead < rep.size
             base[rep_g[inside & (rep[np.minimum(ahead, rep.size - 1)] - rep == span)]] = True
-        layer, groups = np.nonzero(k_of >= 0)  # every check's series, by layer
-        k, slot = k_of[layer, groups], rows.gslot[groups]
+        cg = np.flatnonzero(checked)
+        k_of = self.slot_of[:, rows.gsig[cg]]  # (layer, checked group) -> check, -1: none
+        layer, at = np.nonzero(k_of >= 0)  # every check's series, by layer
+        groups, k = cg[at], k_of[layer, at]
+        slot = rows.gslot[groups]
         first = rows.gstart[groups]
         last = first + rows.glen[groups] - 1
         go = base[groups] | (t[first] <= state.stuck_t[slot, k])
@@ -291,7 +302,7 @@ class StuckCheck:
         state.stuck_t[us, uk] = t[ul]
         state.stuck_hit[us, uk] = False
         state.stuck_ref0[us, uk] = np.nan
-        counts = np.bincount(layer[go], minlength=k_of.shape[0])
+        counts = np.bincount(layer[go], minlength=self.slot_of.shape[0])
         return np.split(groups[go], np.cumsum(counts)[:-1])
 
     def _behind(self, rows: _Sorted, state: VehicleState, idx: IntArray, first: IntArray, last: IntArray,
@@ -317,9 +328,10 @@ class StuckCheck:
 
     def _cross_check(self, rows: _Sorted, state: VehicleState, sub: IntArray, t: IntArray, start_t: IntArray, first: IntArray, count: IntArray, k: IntArray, slot: IntArray, go_on: BoolArray, new_run: BoolArray, run_of: IntArray,
                      first_run: IntArray, checked: IntArray, bad: BoolArray, moved: BoolArray,
-                     run_ref0: FloatArray, ref_next: FloatArray) -> None:
+                     run_ref0: FloatArray, ref_next: FloatArray, asked: BoolArray) -> None:
         """Keep in `bad` only the readings whose reference moved enough since their run began;
-        `moved`: those whose reference moved by `ONSET_SHARE` of that.
+        `moved`: those whose reference moved by `ONSET_SHARE` of that. Only the readings
+        `asked` about are read (the others' runs cannot be stuck and are not carried on).
 
         All cross-checked series at once: each series' reference (same vehicle) is laid out
         beside it; its measure is the value (`change`) or the integral from its first reading
@@ -343,8 +355,12 @@ class StuckCheck:
         ref_rows, owner = ref_rows[live], owner[live]
         m_first = np.where(integral, 0.0, np.nan)
         m_last = m_first.copy()
-        at = ranges(first[checked], count[checked])  # held readings, positions in `sub`
-        q_owner = np.repeat(np.arange(checked.size), count[checked])
+        # the held readings asked about (positions in `sub`), with their series in `checked`
+        owner_of = np.full(first.size, -1, dtype=np.int64)
+        owner_of[checked] = np.arange(checked.size)
+        row_owner = np.repeat(owner_of, count)
+        at = np.flatnonzero(asked & (row_owner >= 0))
+        q_owner = row_owner[at]
         now = np.where(integral[q_owner], 0.0, np.nan)
         if ref_rows.size:
             rt, rv = rows.t[ref_rows], rows.value[ref_rows]
@@ -361,8 +377,8 @@ class StuckCheck:
             m_first[owner[o_first]] = measure[o_first]
             m_last[owner[o_first]] = measure[o_first + o_count - 1]
             tq = t[at]
-            t_lo = min(int(rt.min()), int(tq.min()))
-            span = max(int(rt.max()), int(tq.max())) - t_lo + 2
+            t_lo = min(int(rt.min()), int(tq.min())) if tq.size else int(rt.min())
+            span = (max(int(rt.max()), int(tq.max())) if tq.size else int(rt.max())) - t_lo + 2
             span = min(span, 2**62 // max(checked.size, 1))  # times too far apart: clipped
             rkey = owner * span + np.minimum(rt - t_lo, span - 1)
             pos = np.searchsorted(rkey, q_owner * span + np.minimum(tq - t_lo, span - 1), side="right") - 1
