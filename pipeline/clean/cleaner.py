@@ -918,14 +918,16 @@ class Cleaner:
         # Two readings off together: in fast, a quiet step, out fast and back the other way,
         # the readings around them agreeing with each other (and not an excursion).
         if m > 2:
-            rise = np.empty(m)
-            rise[1:] = dx
-            rise[first] = np.where(linked, x[first] - last_v, 0.0)
-            pair = fast[:-2] & ~fast[1:-1] & fast[2:] & ~new[1:-1] & ~new[2:] & (rise[:-2] * rise[2:] < 0)
-            if pair.any():
-                at = np.flatnonzero(pair)
-                g = np.searchsorted(first, at, side="right") - 1
-                opens = at == first[g]  # the reading before the pair is the history's
+            # candidates first (fast steps are few), then the rest of the pattern on them
+            at = np.flatnonzero(fast[:-2] & fast[2:])
+            at = at[~fast[at + 1] & ~new[at + 1] & ~new[at + 2]]
+            g = np.searchsorted(first, at, side="right") - 1
+            opens = at == first[g]  # the reading before the pair is the history's
+            # the step into the pair (from the history at a series' start) and out of it
+            rise_in = np.where(opens, np.where(linked[g], x[at] - last_v[g], 0.0), x[at] - x[np.maximum(at - 1, 0)])
+            back = rise_in * (x[at + 2] - x[at + 1]) < 0
+            at, g, opens = at[back], g[back], opens[back]
+            if at.size:
                 b = np.maximum(at - 1, 0)
                 x0 = np.where(opens, last_v[g], x[b])
                 t0 = np.where(opens, last_t[g], t[b])

@@ -8,6 +8,7 @@ import pytest
 from pipeline.catalog import load_catalog
 from pipeline.clean import Cleaner, CleanResult, load_cleaning_config
 from pipeline.clean.config import SpikeRule, StuckRule
+from pipeline.clean.reference import ReferenceCleaner
 from tests.unit.test_clean_support import (
     ACC,
     ACCEL,
@@ -389,3 +390,23 @@ def test_exported_state_carries_the_gps_track(catalog) -> None:  # type: ignore[
     batch = readings_of([gps_frame(VIN, 3, seconds(13, 3), more_lat, more_lon)])
     assert set(outcomes(b.clean(batch))) == {"dropped.gps_implied_speed"}  # the jump is still open
     assert set(outcomes(cleaner(catalog).clean(batch))) == {"kept"}  # a worker without it cannot tell
+
+
+def test_rate_of_change_two_readings_off_together(catalog) -> None:  # type: ignore[no-untyped-def]
+    # two readings off together (fast in, a quiet step, fast back the other way, the
+    # readings around agreeing) are dropped, inside a series and right after its history;
+    # the same shape that does not come back (a step up, then on) is kept
+    name = "Vehicle.Cabin.HVAC.AmbientAirTemperature"  # max_rate 2 C/s, no Hampel
+    t = seconds(0, 7)
+    inside = [20.0, 20.1, 30.0, 30.2, 20.2, 20.3, 20.4]
+    step = [20.0, 20.1, 30.0, 30.2, 40.0, 40.1, 40.2]
+    for values, want in ((inside, ["kept"] * 2 + ["dropped.rate_of_change"] * 2 + ["kept"] * 3),
+                         (step, ["kept"] * 7)):
+        result = cleaner(catalog).clean(readings_of([frame(VIN, 1, t[-1] + 100, {name: (t, values)})]))
+        assert outcomes(result) == want
+        assert ReferenceCleaner(catalog, load_cleaning_config()).clean(
+            readings_of([frame(VIN, 1, t[-1] + 100, {name: (t, values)})])).outcome == result.outcome.tolist()
+    first = cleaner(catalog)
+    first.clean(readings_of([frame(VIN, 1, t[1] + 100, {name: (t[:2], [20.0, 20.1])})]))
+    after = first.clean(readings_of([frame(VIN, 2, t[-1] + 100, {name: (t[2:], [30.0, 30.2, 20.2, 20.3, 20.4])})]))
+    assert outcomes(after) == ["dropped.rate_of_change"] * 2 + ["kept"] * 3
