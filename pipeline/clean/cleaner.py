@@ -896,7 +896,9 @@ class Cleaner:
         cap_g = self.rate_cap_ms[sig]  # per millisecond
         # the sampling step: the catalog's interval, or the series' own if it is slower
         dt = np.diff(t)
-        within = np.append(np.where(new[1:], np.iinfo(np.int64).max, dt), np.iinfo(np.int64).max)
+        within = np.empty(m, dtype=np.int64)  # each reading's step to the next in its series
+        within[:-1] = dt
+        within[ends] = np.iinfo(np.int64).max
         step_g = np.maximum(self.interval_ms[sig], np.minimum.reduceat(within, first))
         strict_g = cap_g * self.config.rate_of_change.edge_factor
         fast = np.empty(m, dtype=bool)  # too fast on the way in
@@ -914,7 +916,8 @@ class Cleaner:
         groups = np.arange(first.size)
         fast[first] = from_history(first, groups, cap_g)
         excursion = np.zeros(m, dtype=bool)
-        excursion[:-1] = fast[:-1] & fast[1:] & ~new[1:]
+        both = np.flatnonzero(fast[:-1] & fast[1:])  # fast in and fast out (few)
+        excursion[both[~new[both + 1]]] = True
         # Two readings off together: in fast, a quiet step, out fast and back the other way,
         # the readings around them agreeing with each other (and not an excursion).
         if m > 2:

@@ -272,13 +272,13 @@ class StuckCheck:
         eq = np.zeros(v.size, dtype=bool)
         if v.size > 1:
             np.equal(v[1:], v[:-1], out=eq[1:])
-            eq[1:] &= ~rows.new[1:]
+            eq[rows.gstart] = False
         rep = np.flatnonzero(eq)
         rep_g = np.searchsorted(rows.gstart, rep, side="right") - 1
         mine = checked[rep_g]
         rep, rep_g = rep[mine], rep_g[mine]
         base = np.zeros(rows.gstart.size, dtype=bool)  # with dead rows, or min_count in a row
-        base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
+        base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code), side="right") - 1] = True
         if rep.size:
             span = self.min_count_of[rows.gsig[rep_g]] - 2
             ahead = np.arange(rep.size) + span
