@@ -916,8 +916,7 @@ class Cleaner:
         groups = np.arange(first.size)
         fast[first] = from_history(first, groups, cap_g)
         excursion = np.zeros(m, dtype=bool)
-        both = np.flatnonzero(fast[:-1] & fast[1:])  # fast in and fast out (few)
-        excursion[both[~new[both + 1]]] = True
+        excursion[:-1] = fast[:-1] & fast[1:] & ~new[1:]
         # Two readings off together: in fast, a quiet step, out fast and back the other way,
         # the readings around them agreeing with each other (and not an excursion).
         if m > 2:

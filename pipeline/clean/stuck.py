@@ -278,7 +278,7 @@ class StuckCheck:
         mine = checked[rep_g]
         rep, rep_g = rep[mine], rep_g[mine]
         base = np.zeros(rows.gstart.size, dtype=bool)  # with dead rows, or min_count in a row
-        base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code), side="right") - 1] = True
+        base[np.searchsorted(rows.gstart, np.flatnonzero(rows.code != 0), side="right") - 1] = True
         if rep.size:
             span = self.min_count_of[rows.gsig[rep_g]] - 2
             ahead = np.arange(rep.size) + span
