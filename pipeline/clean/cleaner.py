@@ -308,7 +308,7 @@ class Cleaner:
             csig = np.where(unknown, 0, csig).astype(np.int32)
         value = readings.value
         converted: BoolArray | None = None
-        labelled = np.flatnonzero(readings.unit) if n and len(readings.unit_names) > 1 else ()
+        labelled = np.flatnonzero(readings.unit != 0) if n and len(readings.unit_names) > 1 else ()
         if len(labelled):  # samples that carry a unit: few, converted where they are
             scale, offset, ok = cat.conversion_table(readings.unit_names)
             unit, sig = readings.unit[labelled].astype(np.intp), csig[labelled]
@@ -967,9 +967,9 @@ class Cleaner:
                 new_frames: tuple[IntArray, IntArray], clock: _Clock) -> CleanResult:
         state = self.state
         outcome = code  # per input row; drops decided after the sort are scattered in
-        dropped = np.flatnonzero(rows.code)
-        outcome[rows.order[dropped]] = rows.code[dropped]
         keep = rows.code == 0
+        dropped = np.flatnonzero(~keep)  # (on a bool array: several times faster than on the codes)
+        outcome[rows.order[dropped]] = rows.code[dropped]
         src = rows.order[keep]
         spike_fixed = rows.repaired[keep]
         unit_fixed = converted[src] if converted is not None else np.zeros(src.size, dtype=bool)
@@ -1031,7 +1031,7 @@ class Cleaner:
             frames=readings.frames,
             blocks=first,
         )
-        counts_arr = np.bincount(outcome[np.flatnonzero(outcome)], minlength=len(REASONS))
+        counts_arr = np.bincount(outcome[outcome != 0], minlength=len(REASONS))
         counts_arr[KEPT] = outcome.size - int(counts_arr[1:].sum())
         counts = {"in": int(outcome.size)}
         counts["kept"] = int(counts_arr[KEPT])
