@@ -144,23 +144,22 @@ class StuckCheck:
         m = idx.size
         x = rows.value[idx]
         part_start = np.cumsum(sizes) - sizes
-        first = np.flatnonzero(new)
-        last = np.append(first[1:], m) - 1
-        head = idx[first]
-        layer = np.searchsorted(part_start, first, side="right") - 1
-        slot, k = rows.vslot[rows.vehicle[head]], self.slot_of[layer, rows.signal[head]]
-        t_first = rows.t[head]
+
+        def series() -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+            """Each series' first and last row, its vehicle's state slot, its check and its first time."""
+            first = np.flatnonzero(new)
+            head = idx[first]
+            layer = np.searchsorted(part_start, first, side="right") - 1
+            return (first, np.append(first[1:], m) - 1, rows.vslot[rows.vehicle[head]],
+                    self.slot_of[layer, rows.signal[head]], rows.t[head])
+
+        first, last, slot, k, t_first = series()
         behind = np.flatnonzero(t_first <= state.stuck_t[slot, k])
         if behind.size:  # readings of late frames, which the series' run in history has passed
             split = self._behind(rows, state, idx, first, last, slot, k, behind)
             if split.size:  # judged as a series of their own, before the batch's own readings
                 new[split] = True
-                first = np.flatnonzero(new)
-                last = np.append(first[1:], m) - 1
-                head = idx[first]
-                layer = np.searchsorted(part_start, first, side="right") - 1
-                slot, k = rows.vslot[rows.vehicle[head]], self.slot_of[layer, rows.signal[head]]
-                t_first = rows.t[head]
+                first, last, slot, k, t_first = series()
         go_on = (x[first] == state.stuck_v[slot, k]) & (t_first > state.stuck_t[slot, k])
         eq = np.zeros(m, dtype=bool)
         eq[1:] = (x[1:] == x[:-1]) & ~new[1:]
