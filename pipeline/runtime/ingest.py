@@ -639,7 +639,7 @@ class BatchIngest:
         return await loop.run_in_executor(self._encode_pool, job, result)
 
     async def _write(self, plan: OutputPlan, result: BatchResult,
-                     objects: asyncio.Future[tuple[list[PutObject], list[SegmentDone]]] | None = None) -> None:
+                     objects: asyncio.Future[tuple[list[PutObject], list[SegmentDone]]]) -> None:
         """Execute a plan: produces and webhooks at once, PUTs as soon as `objects` (the plan's
         second part, still being encoded) is ready; returns when all are durable.
 
@@ -650,10 +650,9 @@ class BatchIngest:
         sink = self.sink
 
         async def put_all() -> float | None:
-            if objects is not None:
-                encoded, segments = await objects
-                plan.objects.extend(encoded)
-                plan.segments.extend(segments)
+            encoded, segments = await objects
+            plan.objects.extend(encoded)
+            plan.segments.extend(segments)
             if not plan.objects:
                 return None
             return await self.store.write(plan.objects, concurrency=self.settings.put_concurrency)

@@ -75,14 +75,19 @@ class OutputPlan:
     failed_by_part: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)  # for the manifests
 
 
-def commit_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
-    """Next offset to commit per input partition: one past the highest offset in the batch."""
-    out: dict[tuple[str, int], int] = {}
+def offset_spans(records: list[RawRecord]) -> dict[tuple[str, int], tuple[int, int]]:
+    """First and last offset per input partition of a batch (partitions in first-seen order)."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
     for r in records:
         key = (r.topic, r.partition)
-        if r.offset + 1 > out.get(key, -1):
-            out[key] = r.offset + 1
-    return out
+        first, last = spans.get(key, (r.offset, r.offset))
+        spans[key] = (min(first, r.offset), max(last, r.offset))
+    return spans
+
+
+def commit_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
+    """Next offset to commit per input partition: one past the highest offset in the batch."""
+    return {key: last + 1 for key, (_, last) in offset_spans(records).items()}
 
 
 def _object_line(rec: EncodedRecord) -> bytes:
@@ -122,11 +127,8 @@ def plan_messages(result: BatchResult, *, dlq_topic: str, state_messages: list[O
         plan.messages.append(dead_letter_message(dl, dlq_topic))
     plan.dead_letters = []
     if not silent:
-        plan.offsets = commit_offsets(records)
-        spans: dict[tuple[str, int], list[int]] = {}
-        for r in records:
-            span = spans.setdefault((r.topic, r.partition), [r.offset, r.offset])
-            span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
+        spans = offset_spans(records)
+        plan.offsets = {key: last + 1 for key, (_, last) in spans.items()}
         plan.spans = [(t, p, first, last) for (t, p), (first, last) in sorted(spans.items())]
     return plan
 
@@ -138,9 +140,7 @@ def plan_objects(result: BatchResult, *, silent: bool = False,
     derived events as Parquet, and the manifest), with what each partition's share holds.
     `failed_by_part` (from `plan_messages`) counts the events routes refused, for the manifests."""
     if silent:
-        plan = OutputPlan()
-        _plan_silent_events(result, plan)
-        return plan.objects, []
+        return _silent_event_objects(result), []
     records = result.records
     objects: list[PutObject] = []
     segments: list[SegmentDone] = []
@@ -257,12 +257,13 @@ def _plan_route_failures(result: BatchResult, plan: OutputPlan, dlq_topic: str) 
     return by_part
 
 
-def _plan_silent_events(result: BatchResult, plan: OutputPlan) -> None:
+def _silent_event_objects(result: BatchResult) -> list[PutObject]:
     """Derived events of an idle signal, per input partition and type (no manifest: no input),
     named from the offsets of the frames they came from, with `-silent`."""
     events = result.events
+    objects: list[PutObject] = []
     if not len(events):
-        return
+        return objects
     records = result.records
     rows_of: dict[tuple[str, int], list[int]] = {}
     for i, o in enumerate(events.origin.tolist()):
@@ -271,5 +272,6 @@ def _plan_silent_events(result: BatchResult, plan: OutputPlan) -> None:
         sel = events.take(np.asarray(rows, dtype=np.int64))
         offsets = [records[o].offset for o in sel.origin.tolist()]
         name = segment_name(topic, partition, min(offsets), max(offsets)) + "-silent"
-        plan.objects.extend(event_objects(sel, name, {"source-topic": topic, "source-partition": str(partition),
-                                                      "silent": "true"}))
+        objects.extend(event_objects(sel, name, {"source-topic": topic, "source-partition": str(partition),
+                                                 "silent": "true"}))
+    return objects

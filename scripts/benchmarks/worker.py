@@ -997,15 +997,6 @@ def traced_worker_main() -> None:
 
     spent = Counter("bench_worker_seconds", "Worker runtime time by part (benchmark timers)", ["part"])
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent.labels(name).inc(time.perf_counter() - start)
-        return wrapper
-
     def timed_async(name: str, fn: Any) -> Any:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
