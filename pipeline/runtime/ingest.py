@@ -69,9 +69,11 @@ log = logging.getLogger("pipeline.worker")
 TopicPartition = tuple[str, int]
 
 
-def warm_up() -> None:
+def warm_up(nice: int = 0) -> None:
     """Runs once in the encoder and decoder processes so that their imports happen before the
-    first batch."""
+    first batch; `nice` lowers the process's CPU priority by that much."""
+    if nice:
+        os.nice(nice)
     import pipeline.events  # noqa: F401
     import pipeline.runtime.plan  # noqa: F401
 
@@ -259,7 +261,8 @@ class BatchIngest:
             self.sink = TopicSink(self.producer, Backoff(0.2, 5.0))
         for pool in (self._encode_pool, self._decode_pool):
             if isinstance(pool, ProcessPoolExecutor):  # start it (imports) before the first batch
-                await asyncio.get_running_loop().run_in_executor(pool, warm_up)
+                nice = self.settings.encoder_nice if pool is self._encode_pool else 0
+                await asyncio.get_running_loop().run_in_executor(pool, warm_up, nice)
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._assemble(), name="batch assembler"),
                            asyncio.create_task(self._commit_loop(), name="committer")]
@@ -317,6 +320,11 @@ class BatchIngest:
             accepted += self.aligner.add(topic, partition, raws)
         if self.aligner.gaps:
             self._seek_back()
+        if accepted and len(self._ready) < self.settings.batch_size:
+            # Release now, so that a record's wait for its batch (`batch_wait_s`) counts from
+            # when it became ready, not from when the assembler next looked (after the core
+            # started the previous batch: every batch then waited `batch_wait_s` more).
+            self._release()
         full = self.aligner.over_limit() - self._paused
         if full and self.consumer is not None:
             self.consumer.pause(full)

@@ -215,3 +215,69 @@ def test_fetches_wait_for_data_as_configured(monkeypatch: Any) -> None:
     thread.consumer = SimpleNamespace(ingest=SimpleNamespace(settings=settings))  # type: ignore[assignment]
     assert thread._create_worker_consumer(None) is made  # noqa: SLF001
     assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (131072, 40)
+
+
+def fetched(topic: str, partition: int, offsets: range, ts: int) -> list[Any]:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(offset=o, key=b"VIN", value=b"{}", headers=[], timestamp=ts + o) for o in offsets]
+
+
+def test_a_batch_waits_batch_wait_s_from_when_its_records_were_ready(monkeypatch: Any) -> None:
+    """Records are released from the aligner as they arrive, so their wait for a batch counts
+    from then: when the core frees up after `batch_wait_s`, the batch forms at once. (They
+    used to be released only when the assembler next looked, after the core had started the
+    previous batch, and every batch then waited `batch_wait_s` more.)"""
+    import time
+    from types import SimpleNamespace
+
+    import pipeline.runtime.ingest as ingest_module
+
+    clock = [1000.0]  # the ingest's clock only (the event loop keeps the real one)
+    monkeypatch.setattr(ingest_module, "time", SimpleNamespace(
+        monotonic=lambda: clock[0], time=time.time, perf_counter=time.perf_counter))
+    it = ingest()
+
+    async def scenario() -> None:
+        it.assigned([("vehicle.sensor.raw", 0), ("vehicle.gps.raw", 0)])
+        it.offer({("vehicle.sensor.raw", 0): fetched("vehicle.sensor.raw", 0, range(3), 5_000),
+                  ("vehicle.gps.raw", 0): fetched("vehicle.gps.raw", 0, range(3), 5_000)})
+        clock[0] += it.settings.batch_wait_s + 0.01  # the core was busy meanwhile
+        batch = await asyncio.wait_for(it._next_batch(), timeout=0.5 * it.settings.batch_wait_s)  # noqa: SLF001
+        assert len(batch.records) == 6
+
+    asyncio.run(scenario())
+
+
+def test_records_ready_for_a_full_batch_stay_in_the_aligner() -> None:
+    """Release in `offer` stops once a batch's worth is ready: the rest stays in the aligner,
+    whose per-partition bound pauses fetching (memory stays bounded under a backlog)."""
+    it = BatchIngest(Settings(plan_in_process=False, batch_size=4, align_max_buffered=10),  # type: ignore[call-arg]
+                     Core.from_settings(Settings(handlers_enabled=False)))  # type: ignore[call-arg]
+    paused: list[Any] = []
+    it.consumer = type("Consumer", (), {"pause": lambda self, tps: paused.extend(tps),
+                                        "resume": lambda self, tps: None})()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        it.assigned([("vehicle.sensor.raw", 0), ("vehicle.gps.raw", 0)])
+        for start in range(0, 40, 4):
+            it.offer({("vehicle.sensor.raw", 0): fetched("vehicle.sensor.raw", 0, range(start, start + 4), 0),
+                      ("vehicle.gps.raw", 0): fetched("vehicle.gps.raw", 0, range(start, start + 4), 0)})
+
+    asyncio.run(scenario())
+    assert 4 <= len(it._ready) < 12  # noqa: SLF001 - one release past the batch size at most
+    assert ("vehicle.sensor.raw", 0) in paused and ("vehicle.gps.raw", 0) in paused
+
+
+def test_the_encoder_process_runs_at_the_configured_niceness() -> None:
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.runtime.ingest import warm_up
+
+    base = os.nice(0)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(warm_up, 7).result()
+        assert pool.submit(os.nice, 0).result() == min(base + 7, 19)
+    assert Settings().encoder_nice == 10  # type: ignore[call-arg]
