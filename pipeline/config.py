@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     plan_in_process: bool = Field(
         True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
         "in parallel with the core; false: in a thread of the worker.")
+    encoder_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of the encoder process (Parquet, manifests). Its work is off the "
+        "path of routed events: at a lower priority it yields the CPU to decoding and the core, so routed "
+        "events wait less for a busy host, and the objects a little more (0: same priority as the worker).")
     decode_in_process: bool = Field(
         True, description="Decode frames in a process of their own, one batch ahead of the core; false: "
         "in the core's thread.")
