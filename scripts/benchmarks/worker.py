@@ -1034,7 +1034,12 @@ def traced_worker_main() -> None:
                    "formed": time.time(), "oldest_ts": min((r.timestamp_ms for r in batch.records), default=0) / 1000}
             current.set(row)
             if batch.decoded is not None:
-                batch.decoded.add_done_callback(lambda _: row.__setitem__("decoded", time.time()))
+                def decoded(fut: Any) -> None:
+                    row["decoded"] = time.time()
+                    if not fut.cancelled() and fut.exception() is None:
+                        row["decode_s"] = fut.result()[2]  # inside the decoder process
+
+                batch.decoded.add_done_callback(decoded)
             try:
                 await run0(self, batch)
             finally:
@@ -1062,8 +1067,19 @@ def traced_worker_main() -> None:
                             row["messages"], row["objects"] = len(args[0].messages), len(args[0].objects)
             return wrapper
 
+        deliver0 = BatchIngest._deliver
+
+        async def deliver(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await deliver0(self, *args, **kwargs)
+            finally:  # the last of the batch's routed deliveries acknowledged
+                row = current.get(None)
+                if row is not None:
+                    row["routed"] = time.time()
+
         BatchIngest._run = run  # type: ignore[method-assign]
         BatchIngest._core_job = core  # type: ignore[method-assign]
+        BatchIngest._deliver = deliver  # type: ignore[method-assign]
         BatchIngest._plan_stage = staged("plan", plan0)  # type: ignore[method-assign]
         BatchIngest._write = staged("write", write0)  # type: ignore[method-assign]
     BatchIngest._plan_stage = timed_async("plan", BatchIngest._plan_stage)  # type: ignore[method-assign]
