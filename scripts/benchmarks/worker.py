@@ -1067,6 +1067,18 @@ def traced_worker_main() -> None:
                             row["messages"], row["objects"] = len(args[0].messages), len(args[0].objects)
             return wrapper
 
+        import gc
+
+        gc_started: list[float] = []
+
+        def gc_pause(phase: str, info: dict[str, Any]) -> None:  # collections of 5 ms or more
+            if phase == "start":
+                gc_started[:] = [time.perf_counter()]
+            elif gc_started and (took := time.perf_counter() - gc_started[0]) >= 0.005:
+                trace.write(json.dumps({"gc": info["generation"], "s": round(took, 4), "at": time.time(),
+                                        "collected": info["collected"]}) + "\n")
+
+        gc.callbacks.append(gc_pause)
         deliver0 = BatchIngest._deliver
 
         async def deliver(self: Any, *args: Any, **kwargs: Any) -> Any:
