@@ -37,6 +37,9 @@ INGEST_WAIT = Counter(
     "pipeline_ingest_wait_seconds_total",
     "Time the batch assembler waited, by what for: slots (in-flight bound, i.e. backpressure), "
     "records (nothing ready), core (the previous batch still in the core)", ["waiting_for"])
+CLEAN_HISTORY_EVICTED = Counter(
+    "pipeline_clean_history_evicted_total",
+    "Vehicles whose cleaning history was forgotten because the worker held more than state.max_vehicles")
 ALIGN_IDLE_RELEASES = Counter(
     "pipeline_align_idle_releases_total", "Partitions released without waiting for a quiet ingest topic")
 E2E_LATENCY = Histogram(

@@ -73,6 +73,7 @@ class VehicleState:
         self.vin_of: list[str | None] = []
         self._free: list[int] = []
         self.clock = 0  # batches seen, for least-recently-seen eviction
+        self.evicted = 0  # vehicles forgotten by `evict` so far (a metric: max_vehicles too small)
         self.capacity = 0
         self._alloc(64)
 
@@ -176,7 +177,9 @@ class VehicleState:
             return 0
         excess = min(excess, used.size)
         oldest = used[np.argpartition(self.seen[used], excess - 1)[:excess]]
-        return self.forget([self.vin_of[int(s)] or "" for s in oldest])
+        forgotten = self.forget([self.vin_of[int(s)] or "" for s in oldest])
+        self.evicted += forgotten
+        return forgotten
 
     # --- moving with partitions --------------------------------------------------------------
 

@@ -220,6 +220,8 @@ class BatchIngest:
         self._last_seen: dict[bytes, tuple[float, RawRecord]] = {}  # VIN -> (monotonic s, last frame)
         self._silenced: set[bytes] = set()
         self._next_silent_check = 0.0
+        self._evicted_seen = 0
+        self._next_eviction_warning = 0.0
         self.state: Any = None
         self._restoring: asyncio.Task[None] | None = None  # the state read started at assignment
         if core.handlers is not None:
@@ -633,6 +635,7 @@ class BatchIngest:
             log.exception("core failed on %d records %s..%s", len(records), records[0].where, records[-1].where)
             result = failed_batch(records, exc)
         observe(result, time.perf_counter() - started, silent=batch.silent)
+        self._note_evictions()
         changes = self.state.changes() if self.state is not None else []
         plan = plan_messages(result, dlq_topic=self.settings.topic_dlq, state_messages=changes, silent=batch.silent)
         if isinstance(self._encode_pool, ProcessPoolExecutor):
@@ -803,6 +806,23 @@ class BatchIngest:
                 continue
             await asyncio.sleep(0.01)
         return True
+
+    def _note_evictions(self) -> None:
+        """Count vehicles whose cleaning history was forgotten for room (`state.max_vehicles` in
+        rules/cleaning.yaml): their next frames are judged without history (no duplicate,
+        rate-of-change or stuck check across the gap). Warn at most once a minute."""
+        state = getattr(getattr(self.core, "cleaner", None), "state", None)
+        evicted = getattr(state, "evicted", 0)
+        if evicted <= self._evicted_seen:
+            return
+        metrics.CLEAN_HISTORY_EVICTED.inc(evicted - self._evicted_seen)
+        now = time.monotonic()
+        if now >= self._next_eviction_warning:
+            self._next_eviction_warning = now + 60.0
+            log.warning("cleaning history of %d vehicle(s) forgotten so far: this worker sees more than "
+                        "state.max_vehicles (%d) vehicles; raise it in cleaning.yaml (about 2.8 KB each)",
+                        evicted, state.max_vehicles)
+        self._evicted_seen = evicted
 
     # --- reloads, failures, silent vehicles -------------------------------------------------------
     def _poll_reloads(self) -> None:

@@ -312,3 +312,28 @@ def test_a_batch_through_the_core_and_its_plan_leaves_no_reference_cycles() -> N
         gc.set_debug(0)
         gc.garbage.clear()
     assert not kinds & {"RawRecord", "BatchView", "SignalSeries", "Readings", "BatchResult"}, kinds
+
+
+def test_forgotten_cleaning_history_is_counted_and_logged(caplog: Any) -> None:
+    """A worker that sees more vehicles than the cleaner keeps history for says so: a metric
+    and a warning (their next frames are judged without history)."""
+    import logging
+
+    from pipeline import metrics
+    from pipeline.runtime.ingest import Batch
+    from tests.unit.runtime.test_plan import fleet_records
+
+    it = ingest()
+    it.core.cleaner.state.max_vehicles = 3
+    records = fleet_records(vehicles=40, seconds=300)
+    vins = sorted({r.key for r in records})
+    first, second = set(vins[: len(vins) // 2]), set(vins[len(vins) // 2:])
+    assert len(first) > 3 and len(second) > 3
+    before = metrics.CLEAN_HISTORY_EVICTED._value.get()  # noqa: SLF001 - prometheus_client's value
+    with caplog.at_level(logging.WARNING, logger="pipeline.worker"):
+        it._core_job(Batch(1, [r for r in records if r.key in first]))  # noqa: SLF001
+        it._core_job(Batch(2, [r for r in records if r.key in second]))  # noqa: SLF001
+    # the batch's own vehicles are never forgotten: all of the first batch's go
+    assert metrics.CLEAN_HISTORY_EVICTED._value.get() - before == len(first)  # noqa: SLF001
+    assert it.core.cleaner.state.evicted == len(first)
+    assert any("state.max_vehicles (3)" in m for m in caplog.messages)
