@@ -813,7 +813,7 @@ class BatchIngest:
         rate-of-change or stuck check across the gap). Warn at most once a minute."""
         state = getattr(getattr(self.core, "cleaner", None), "state", None)
         evicted = getattr(state, "evicted", 0)
-        if evicted <= self._evicted_seen:
+        if state is None or evicted <= self._evicted_seen:
             return
         metrics.CLEAN_HISTORY_EVICTED.inc(evicted - self._evicted_seen)
         now = time.monotonic()
