@@ -837,12 +837,14 @@ class BatchIngest:
         metrics.BACKPRESSURE.set(1)
 
     def _note_seen(self, records: list[RawRecord]) -> None:
-        """Each vehicle's last frame and when it came (processing time), for idle signals."""
+        """Each vehicle's last frame and when it came (processing time), for idle signals. The
+        frame is kept without its value and headers (an idle signal needs where it was and when):
+        whole, they held 4 KB per vehicle, 260 MB for a worker's 65,000 vehicles."""
         seen = time.monotonic()
         last_seen, silenced = self._last_seen, self._silenced
         for r in records:
             if r.key:
-                last_seen[r.key] = (seen, r)
+                last_seen[r.key] = (seen, RawRecord(r.topic, r.partition, r.offset, r.key, None, (), r.timestamp_ms))
         if silenced:
             silenced.difference_update(r.key for r in records)
 

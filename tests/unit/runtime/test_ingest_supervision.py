@@ -337,3 +337,15 @@ def test_forgotten_cleaning_history_is_counted_and_logged(caplog: Any) -> None:
     assert metrics.CLEAN_HISTORY_EVICTED._value.get() - before == len(first)  # noqa: SLF001
     assert it.core.cleaner.state.evicted == len(first)
     assert any("state.max_vehicles (3)" in m for m in caplog.messages)
+
+
+def test_the_idle_signal_table_keeps_no_frame_values() -> None:
+    """A vehicle's last frame is kept for its idle signal by where and when it was, not whole
+    (the values held ~4 KB per vehicle of a worker's whole fleet)."""
+    it = ingest()
+    r = RawRecord("vehicle.gps.raw", 3, 41, b"VIN1", b'{"big": "frame"}', (("ce_id", b"x"),), 1_700_000_000_000)
+    it._note_seen([r])  # noqa: SLF001
+    kept = it._last_seen[b"VIN1"][1]  # noqa: SLF001
+    assert (kept.topic, kept.partition, kept.offset, kept.key, kept.timestamp_ms) == \
+        ("vehicle.gps.raw", 3, 41, b"VIN1", 1_700_000_000_000)
+    assert kept.value is None and kept.headers == ()
