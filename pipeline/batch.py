@@ -41,6 +41,11 @@ class RawRecord:
         """`topic[partition]@offset`, the form logs and errors use."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
+    def without_payload(self) -> RawRecord:
+        """The same record without value and headers: where it was and when (what the output
+        plan and idle signals need of it)."""
+        return RawRecord(self.topic, self.partition, self.offset, self.key, None, (), self.timestamp_ms)
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled as a plain tuple: batches cross to the decoder and encoder processes, and
         # the dataclass default (a field list per record) cost three times as much there.

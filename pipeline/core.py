@@ -80,8 +80,7 @@ class BatchResult:
         place but lose value and headers (except those dead-lettered, sent whole), and the
         router's result keeps only its failed events."""
         keep = {id(dl.record) for dl in self.dead_letters}
-        records = [r if id(r) in keep else RawRecord(r.topic, r.partition, r.offset, r.key, None, (), r.timestamp_ms)
-                   for r in self.records]
+        records = [r if id(r) in keep else r.without_payload() for r in self.records]
         failed = getattr(self.route_result, "failed", None)
         return BatchResult(
             records=records, decoded=Readings.empty(), clean=self.clean, repaired=self.repaired,

@@ -811,9 +811,9 @@ class BatchIngest:
         """Count vehicles whose cleaning history was forgotten for room (`state.max_vehicles` in
         rules/cleaning.yaml): their next frames are judged without history (no duplicate,
         rate-of-change or stuck check across the gap). Warn at most once a minute."""
-        state = getattr(getattr(self.core, "cleaner", None), "state", None)
-        evicted = getattr(state, "evicted", 0)
-        if state is None or evicted <= self._evicted_seen:
+        state = self.core.cleaner.state
+        evicted = state.evicted
+        if evicted <= self._evicted_seen:
             return
         metrics.CLEAN_HISTORY_EVICTED.inc(evicted - self._evicted_seen)
         now = time.monotonic()
@@ -844,7 +844,7 @@ class BatchIngest:
         last_seen, silenced = self._last_seen, self._silenced
         for r in records:
             if r.key:
-                last_seen[r.key] = (seen, RawRecord(r.topic, r.partition, r.offset, r.key, None, (), r.timestamp_ms))
+                last_seen[r.key] = (seen, r.without_payload())
         if silenced:
             silenced.difference_update(r.key for r in records)
 

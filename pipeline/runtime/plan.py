@@ -85,9 +85,14 @@ def offset_spans(records: list[RawRecord]) -> dict[tuple[str, int], tuple[int, i
     return spans
 
 
+def next_offsets(spans: dict[tuple[str, int], tuple[int, int]]) -> dict[tuple[str, int], int]:
+    """Next offset to commit per input partition of `offset_spans`: one past the last."""
+    return {key: last + 1 for key, (_, last) in spans.items()}
+
+
 def commit_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
     """Next offset to commit per input partition: one past the highest offset in the batch."""
-    return {key: last + 1 for key, (_, last) in offset_spans(records).items()}
+    return next_offsets(offset_spans(records))
 
 
 def _object_line(rec: EncodedRecord) -> bytes:
@@ -128,7 +133,7 @@ def plan_messages(result: BatchResult, *, dlq_topic: str, state_messages: list[O
     plan.dead_letters = []
     if not silent:
         spans = offset_spans(records)
-        plan.offsets = {key: last + 1 for key, (_, last) in spans.items()}
+        plan.offsets = next_offsets(spans)
         plan.spans = [(t, p, first, last) for (t, p), (first, last) in sorted(spans.items())]
     return plan
 
