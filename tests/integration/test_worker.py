@@ -169,21 +169,24 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(stack: Stack) -> None:
 
 
 def spawned_children(pid: int) -> list[int]:
-    """The worker's multiprocessing children (encoder, then decoder), oldest first."""
+    """The worker's multiprocessing children (encoder, then decoder), oldest first: by start
+    time, not pid (pids wrap around on a long-running host, and the decoder's can be the
+    smaller)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
+            parent, started = int(fields[1]), int(fields[19])  # ppid; starttime (stat fields 4 and 22)
         except (OSError, ValueError, IndexError):
             continue
         if parent == pid and b"spawn_main" in cmdline:
-            found.append(int(entry))
-    return sorted(found)
+            found.append((started, int(entry)))
+    return [child for _, child in sorted(found)]
 
 
 def test_decoder_process_killed_mid_stream_the_core_decodes_and_nothing_is_lost(stack: Stack) -> None:
