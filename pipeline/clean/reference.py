@@ -63,6 +63,7 @@ class ReferenceCleaner:
         self.tails: dict[tuple[str, str], tuple[deque[float], int]] = {}
         # value, start, n, t, the reference's measure at the start, judged stuck
         self.runs: dict[tuple[str, str], tuple[float, int, int, int, float | None, bool]] = {}
+        self.past: dict[tuple[str, str], tuple[float, int, int]] = {}  # newest ended stuck run
         self.gps_tail: dict[str, list[tuple[float, float, float]]] = {}
         self.gps_since: dict[str, float] = {}
         self.frames: dict[str, deque[tuple[int, int]]] = {}
@@ -505,8 +506,15 @@ class ReferenceCleaner:
                     return m
             return measure_at(t) if integral else None  # a change: from the next batch's first
 
-        def judge(series: list[int], run: tuple[Any, ...] | None) -> tuple[float, int, int, float | None, bool]:
+        past = self.past.get((vin, name))  # the newest run judged stuck that has ended
+
+        def judge(series: list[int], run: tuple[Any, ...] | None,
+                  remember: bool = True) -> tuple[float, int, int, float | None, bool]:
+            nonlocal past
             members: list[int] = []
+            last_t = run[3] if run is not None else 0
+            if remember and run is not None and run[5] and value[series[0]] != run[0]:
+                past = (run[0], run[1], run[3])
             if run is not None and value[series[0]] == run[0]:
                 current, start, count, ref0, hit = run[0], run[1], run[2], run[4], run[5]
                 if ref0 is None and reference is not None:  # a run of one: from its start
@@ -522,6 +530,8 @@ class ReferenceCleaner:
             onset = hit or not rule.against  # stuck from where the reference began to move
             for i in series:
                 if value[i] != current:
+                    if remember and hit:
+                        past = (current, start, last_t)
                     current, start, count = value[i], times[i], 0
                     ref0, hit = measure_from(times[i]), False
                     onset = not rule.against
@@ -543,6 +553,7 @@ class ReferenceCleaner:
                 if hit:
                     for j in members:
                         outcome[j] = STUCK
+                last_t = times[i]
             return current, start, count, ref0, hit
 
         if run is not None:
@@ -552,8 +563,10 @@ class ReferenceCleaner:
             for i in old:
                 if run[5] and value[i] == run[0] and times[i] > run[1]:
                     outcome[i] = STUCK
+                if past is not None and value[i] == past[0] and past[1] < times[i] <= past[2]:
+                    outcome[i] = STUCK
             if old:
-                judge(old, None)
+                judge(old, None, remember=False)
             alive = [i for i in alive if times[i] > run[3]]
             if not alive:
                 return
@@ -564,3 +577,5 @@ class ReferenceCleaner:
                 # an integral starts again at 0 next batch: keep the start relative to it
                 carried = ref0 - (reference[-1][1] if reference else 0.0) if integral else ref0
             self.runs[(vin, name)] = (current, start, count, times[alive[-1]], carried, hit)
+            if past is not None:
+                self.past[(vin, name)] = past

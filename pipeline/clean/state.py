@@ -29,7 +29,8 @@ class VehicleState:
     values), with `stuck_ref0` (for a cross-checked rule, where the reference's measure
     started for the run: its value, or for an integral the start relative to the next
     batch's first reference reading; NaN: from that reading) and `stuck_hit` (the run was
-    judged stuck); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
+    judged stuck); `stuck_past_v`/`stuck_past_start`/`stuck_past_end` the newest run judged
+    stuck that has ended (so that a late frame of it is found stuck too); `gps_tail` the last trusted GPS runs [lat, lon, t_first] (right-aligned,
     `gps_tail_n` of them) and `gps_since` (start of a jump still open); `clock_seq`/
     `clock_sent` the newest trusted frame (vehicle clock checks); `clock_offset`/
     `clock_offset_seq` the estimate of a clock skew episode still open and its newest seq
@@ -48,6 +49,9 @@ class VehicleState:
     stuck_t: npt.NDArray[np.int64]
     stuck_ref0: npt.NDArray[np.float64]
     stuck_hit: npt.NDArray[np.bool_]
+    stuck_past_v: npt.NDArray[np.float64]
+    stuck_past_start: npt.NDArray[np.int64]
+    stuck_past_end: npt.NDArray[np.int64]
     gps_tail: npt.NDArray[np.float64]
     gps_tail_n: npt.NDArray[np.int32]
     gps_since: npt.NDArray[np.int64]
@@ -94,6 +98,9 @@ class VehicleState:
             "stuck_t": ((n_st,), np.int64, NO_T),
             "stuck_ref0": ((n_st,), np.float64, np.nan),
             "stuck_hit": ((n_st,), np.bool_, False),
+            "stuck_past_v": ((n_st,), np.float64, np.nan),
+            "stuck_past_start": ((n_st,), np.int64, NO_T),
+            "stuck_past_end": ((n_st,), np.int64, NO_T),
             "gps_tail": ((self.gps_width, 3), np.float64, np.nan),
             "gps_tail_n": ((), np.int32, 0),
             "gps_since": ((), np.int64, NO_T),
@@ -226,7 +233,8 @@ class VehicleState:
         groups = {
             "signal_names": (("last_t", "last_v"), self.signal_names),
             "hampel_signals": (("tail_v", "tail_n", "tail_t"), self.hampel_signals),
-            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t", "stuck_ref0", "stuck_hit"),
+            "stuck_signals": (("stuck_v", "stuck_start", "stuck_n", "stuck_t", "stuck_ref0", "stuck_hit",
+                               "stuck_past_v", "stuck_past_start", "stuck_past_end"),
                               self.stuck_signals),
         }
         for key, (names, mine) in groups.items():

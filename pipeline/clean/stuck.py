@@ -76,6 +76,17 @@ class StuckParams:
         return out
 
 
+def _retire(state: VehicleState, slot: IntArray, k: IntArray) -> None:
+    """The runs in history at (`slot`, `k`) are about to be replaced by newer ones: those
+    found stuck become the newest ended runs found stuck."""
+    hit = state.stuck_hit[slot, k]
+    if hit.any():
+        s, kk = slot[hit], k[hit]
+        state.stuck_past_v[s, kk] = state.stuck_v[s, kk]
+        state.stuck_past_start[s, kk] = state.stuck_start[s, kk]
+        state.stuck_past_end[s, kk] = state.stuck_t[s, kk]
+
+
 class StuckCheck:
     """The stuck checks of a cleaner, vectorised over a batch's sorted rows.
 
@@ -186,6 +197,7 @@ class StuckCheck:
         newer = t_last > state.stuck_t[slot, k]
         easy = newer & ~full  # the series ends on a fresh value: a run of one
         us, uk = slot[easy], k[easy]
+        _retire(state, us, uk)
         state.stuck_v[us, uk] = x[last][easy]
         state.stuck_start[us, uk] = t_last[easy]
         state.stuck_n[us, uk] = 1
@@ -248,6 +260,24 @@ class StuckCheck:
         rows.code[sub[bad]] = self.code
         last = first + count - 1
         newer = t[last] > state.stuck_t[slot, k]
+        # the newest run found stuck that has ended is remembered: one that ended in the
+        # batch, else the run in history when the series did not continue it
+        last_run = run_of[last]
+        ended = run_hit.copy()
+        ended[last_run] = False
+        past_run = np.full(first.size, -1, dtype=np.int64)
+        cand = np.flatnonzero(ended)
+        np.maximum.at(past_run, np.searchsorted(first, run_first[cand], side="right") - 1, cand)
+        gone = newer & (past_run < 0) & ~go_on
+        _retire(state, slot[gone], k[gone])
+        inside = np.flatnonzero(newer & (past_run >= 0))
+        if inside.size:
+            pr = past_run[inside]
+            run_last = np.append(run_first[1:], sub.size) - 1
+            ps, pk = slot[inside], k[inside]
+            state.stuck_past_v[ps, pk] = x[run_first[pr]]
+            state.stuck_past_start[ps, pk] = run_start[pr]
+            state.stuck_past_end[ps, pk] = t[run_last[pr]]
         us, uk = slot[newer], k[newer]
         state.stuck_v[us, uk] = x[last][newer]
         state.stuck_start[us, uk] = run_start[run_of[last]][newer]
@@ -295,6 +325,7 @@ class StuckCheck:
         go |= eq[last] & ~p.resting(v[last], k)
         easy = ~go & (t[last] > state.stuck_t[slot, k])
         us, uk, ul = slot[easy], k[easy], last[easy]
+        _retire(state, us, uk)
         state.stuck_v[us, uk] = v[ul]
         state.stuck_start[us, uk] = t[ul]
         state.stuck_n[us, uk] = 1
@@ -311,7 +342,8 @@ class StuckCheck:
         run in history. Those are judged as a series of their own that leaves the history
         as it is (a run that starts again), and each of them is stuck too when it repeats
         the run's value after the run began and the run was found stuck (a late frame of a
-        frozen sensor)."""
+        frozen sensor), or repeats the value of the newest run found stuck that has ended,
+        within that run's time (a frame that arrives after the sensor recovered)."""
         n = last[behind] - first[behind] + 1
         at = ranges(first[behind], n)
         owner = np.repeat(behind, n)
@@ -320,8 +352,11 @@ class StuckCheck:
         passed = np.bincount(np.searchsorted(behind, owner[old]), minlength=behind.size)
         at, s, kk = at[old], s[old], kk[old]
         rows_at = idx[at]
-        stuck = (state.stuck_hit[s, kk] & (rows.value[rows_at] == state.stuck_v[s, kk])
-                 & (rows.t[rows_at] > state.stuck_start[s, kk]))
+        v, t = rows.value[rows_at], rows.t[rows_at]
+        stuck = state.stuck_hit[s, kk] & (v == state.stuck_v[s, kk]) & (t > state.stuck_start[s, kk])
+        # or a repeat of the newest run found stuck that has ended, from within it
+        stuck |= (v == state.stuck_past_v[s, kk]) & (t > state.stuck_past_start[s, kk]) & (
+            t <= state.stuck_past_end[s, kk])
         self._late_stuck = rows_at[stuck]
         return (first[behind] + passed)[passed < n]
 

@@ -259,6 +259,26 @@ def test_a_late_reading_of_a_stuck_run_is_stuck(catalog) -> None:  # type: ignor
         assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
 
 
+def test_a_late_frame_of_a_stuck_run_that_has_ended_is_stuck(catalog) -> None:  # type: ignore[no-untyped-def]
+    # acceleration frozen at 0.5 for 1 s (stuck), then the sensor recovers; minutes later
+    # a frame arrives from inside the frozen run (0.55 s, 0.5): stuck as well. The same
+    # value from after the run ended (1.25 s) is a real reading and kept.
+    t = seconds(0, 11, 0.1)
+    first = [frame(VIN, 1, t[-1] + 100, {ACCEL: (t, [0.5] * 11)})]
+    later = seconds(1.1, 3, 0.1)
+    second = [frame(VIN, 3, later[-1] + 100, {ACCEL: (later, [0.7, 0.61, 0.66])})]
+    third = [frame(VIN, 2, seconds(0.55, 1)[0] + 100, {ACCEL: (seconds(0.55, 1), [0.5])},
+                   received_at=later[-1] + 300_000),
+             frame(VIN, 4, seconds(1.25, 1)[0] + 100, {ACCEL: (seconds(1.25, 1), [0.5])},
+                   received_at=later[-1] + 300_000)]
+    cleaner, reference = shipped(catalog)
+    for batch, want in ((first, ["kept"] + ["dropped.stuck"] * 10), (second, ["kept"] * 3),
+                        (third, ["dropped.stuck", "kept"])):
+        result = cleaner.clean(readings_of(batch))
+        assert of_signal(result, batch, ACCEL) == want
+        assert reference.clean(readings_of(batch)).outcome == result.outcome.tolist()
+
+
 def test_a_late_reference_frame_adds_nothing_to_a_running_integral(catalog) -> None:  # type: ignore[no-untyped-def]
     # SoC held at 70.0 from 0 s while the pack is idle (0 W); the second batch brings, with
     # more of the hold, a late frame of the pack's power from before the run (-30 s: 50 kW
