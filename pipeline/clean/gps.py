@@ -14,7 +14,9 @@ residual); a run is accepted while that residual stays within `jump_m` plus what
 velocity estimate may be off by (it grows with the step's duration and the time span of
 the window the median came from, so receivers that update every 10 s are judged as
 loosely as they must be), so the fixes of a jump are rejected and the track is accepted
-again where it returns. It runs only for
+again where it returns. A run let in only by the room a gap in the fixes allows is in
+doubt until the next run: if that one fits the track before it and not it, the run was
+the jump (a receiver that returns from an outage on a multipath fix). It runs only for
 vehicles with a suspicious step or a jump still open from the last batch.
 """
 
@@ -65,23 +67,38 @@ def resolve_track(x: Sequence[float], y: Sequence[float], t: Sequence[float], t_
     ax = ay = room = 0.0
     since = open_since
     cap = rules.max_speed_kmh / 3.6
+    # how the anchor was let in when only the room a gap allows let it in (its residual was
+    # beyond jump_m): the anchor before it, the residual and the room (else None)
+    unconfirmed: tuple[int, float, float, float] | None = None
+
+    def fits(j: int, a: int, rx: float, ry: float, allowed: float) -> bool:
+        dt = (t[j] - t[a]) / 1000.0
+        dist = math.hypot(x[j] - x[a], y[j] - y[a])
+        fast = dist > 0 and (dt <= 0 or dist / dt > cap)
+        return not fast and math.hypot(rx, ry) <= rules.jump_m + allowed
+
     for j in range(1, n):
         ax += anomaly_x[j]
         ay += anomaly_y[j]
         room += allowance[j]
         if not judged[j]:
-            anchor, ax, ay, room = j, 0.0, 0.0, 0.0
+            anchor, ax, ay, room, unconfirmed = j, 0.0, 0.0, 0.0, None
             continue
         if x[j] == x[anchor] and y[j] == y[anchor]:
             since = None  # back on the trusted position: the receiver held it (anchor stays)
             continue
-        dt = (t[j] - t[anchor]) / 1000.0
-        dist = math.hypot(x[j] - x[anchor], y[j] - y[anchor])
-        fast = dist > 0 and (dt <= 0 or dist / dt > cap)
-        if not fast and math.hypot(ax, ay) <= rules.jump_m + room:
+        if fits(j, anchor, ax, ay, room):
+            # let in on the room alone (a residual beyond jump_m): unconfirmed
+            unconfirmed = (anchor, ax, ay, room) if math.hypot(ax, ay) > rules.jump_m else None
             anchor, ax, ay, room, since = j, 0.0, 0.0, 0.0, None
         elif since is not None and t_last[j] - since >= rules.relocate_after_ms:
-            anchor, ax, ay, room, since = j, 0.0, 0.0, 0.0, None  # stayed away: relocated
+            anchor, ax, ay, room, since, unconfirmed = j, 0.0, 0.0, 0.0, None, None  # stayed away: relocated
+        elif unconfirmed is not None and fits(
+                j, unconfirmed[0], unconfirmed[1] + ax, unconfirmed[2] + ay, unconfirmed[3] + room):
+            # the run agrees with the track before the anchor, which did not: the anchor (let
+            # in on its own step, by the room a gap in the fixes allows) was the jump
+            rejected[anchor] = True
+            anchor, ax, ay, room, since, unconfirmed = j, 0.0, 0.0, 0.0, None, None
         else:
             rejected[j] = True
             if since is None:

@@ -288,6 +288,21 @@ def test_held_positions_and_multi_fix_jump(catalog) -> None:  # type: ignore[no-
     assert out == ["kept"] * 3 + ["dropped.gps_implied_speed"] * 4 + ["kept"] * 5
 
 
+def test_a_jump_let_in_by_a_gap_is_found_by_the_fixes_after_it(catalog) -> None:  # type: ignore[no-untyped-def]
+    # 10 m/s north-east; after 8 s without a fix the next one is 100 m off the track (within
+    # the room a 9 s gap allows), and the fixes after it are back on the track: the jump
+    # is the fix after the gap, not the track that follows it
+    c = cleaner(catalog)
+    lat, lon = track(10, 6.4e-5)
+    assert set(outcomes(c.clean(readings_of([gps_frame(VIN, 1, seconds(0, 10), lat, lon)])))) == {"kept"}
+    t2 = seconds(18, 5)
+    lat2, lon2 = track(23, 6.4e-5)
+    lat2, lon2 = lat2[18:], lon2[18:]
+    lat2[0] += 0.0009  # ~100 m north
+    out = outcomes(c.clean(readings_of([gps_frame(VIN, 2, t2, lat2, lon2)])))[:len(t2)]
+    assert out == ["dropped.gps_implied_speed"] + ["kept"] * (len(t2) - 1)
+
+
 def test_gps_first_batch_without_history(catalog) -> None:  # type: ignore[no-untyped-def]
     c = cleaner(catalog)
     # a new vehicle's first batch starts with a bad fix: the longer stretch is trusted
