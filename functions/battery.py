@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 V12 = "Vehicle.LowVoltageBattery.CurrentVoltage"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 IS_CHARGING = "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"

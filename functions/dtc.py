@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 DTC_COUNT = "Vehicle.OBD.Status.DTCCount"
 

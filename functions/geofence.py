@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, SignalSeries, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, SignalSeries, handler, ops
 
 LONGITUDINAL = "Vehicle.Acceleration.Longitudinal"
 LATERAL = "Vehicle.Acceleration.Lateral"

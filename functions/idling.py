@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 SPEED = "Vehicle.Speed"
 ENGINE_SPEED = "Vehicle.Powertrain.CombustionEngine.Speed"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 SPEED = "Vehicle.Speed"
 POSTED_LIMIT = "Vehicle.Private.SpeedLimit"

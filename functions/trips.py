@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.handlers import HandlerContext, HandlerInput, handler, ops
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, ops
 
 SPEED = "Vehicle.Speed"
 ODOMETER = "Vehicle.TraveledDistance"  # metres

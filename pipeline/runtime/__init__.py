@@ -5,7 +5,11 @@
 - `ingest`: the staged batch path (fetch -> align -> core -> plan -> write -> commit).
 - `consumer`: Faust's aiokafka consumer with whole fetches handed to `ingest`.
 - `app`: the Faust app (worker command, lifecycle, timers, consumer group) and `run_worker`.
+- `segments`, `sinks`: Parquet objects and the object-store client; `state_sync`: handler
+  state to and from its changelog; `topics`, `lag`: topic layout and consumer lag;
+  `metrics`: the workers' Prometheus metrics; `settings`: every connection and topology
+  setting, from the environment.
 
-May import `pipeline.core` and the pure modules under `pipeline`; the core never imports
-from here.
+May import `pipeline.core`; never `pipeline.tools` or `pipeline.cli` (the core never imports
+from here).
 """

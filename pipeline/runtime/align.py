@@ -25,7 +25,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from pipeline.batch import RawRecord
+from pipeline.core.batch import RawRecord
 
 TopicPartition = tuple[str, int]
 NEVER = -(1 << 62)  # "no record seen yet"

@@ -17,14 +17,14 @@ from typing import Any
 
 import faust
 
-from pipeline import metrics
-from pipeline.batch import RawRecord
-from pipeline.config import Settings
-from pipeline.core import Core
-from pipeline.errors import ConfigError
+from pipeline.core.batch import RawRecord
+from pipeline.core.errors import ConfigError
+from pipeline.core.process import Core
+from pipeline.runtime import metrics
 from pipeline.runtime.consumer import BatchConsumer
 from pipeline.runtime.ingest import BatchIngest
-from pipeline.sinks import ObjectStoreSink
+from pipeline.runtime.settings import Settings
+from pipeline.runtime.sinks import ObjectStoreSink
 
 log = logging.getLogger("pipeline.worker")
 
@@ -161,7 +161,7 @@ def create_app(settings: Settings, core: Core) -> tuple[faust.App, BatchIngest]:
     @app.timer(10.0)
     async def export_lag() -> None:
         """Consumer lag per ingest partition as a gauge (the autoscaler reads the same numbers)."""
-        from pipeline.lag import read_group_lag
+        from pipeline.runtime.lag import read_group_lag
 
         try:
             lag = await read_group_lag(settings.app_id, list(settings.ingest_topics), settings)
@@ -208,7 +208,7 @@ def run_worker(settings: Settings) -> None:
     tune_gc(settings)
     asyncio.run(ensure_topics(settings, route_topics(core)))
     if core.handlers is not None:
-        from pipeline.state_sync import ensure_changelog
+        from pipeline.runtime.state_sync import ensure_changelog
 
         asyncio.run(ensure_changelog(settings))
     store = ObjectStoreSink(settings.minio_client(), settings.s3_bucket)

@@ -48,10 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import metrics
-from pipeline.batch import DeadLetter, EventBatch, RawRecord
-from pipeline.config import Settings
-from pipeline.core import BatchResult, Core
+from pipeline.core.batch import DeadLetter, EventBatch, RawRecord
+from pipeline.core.process import BatchResult, Core
+from pipeline.runtime import metrics
 from pipeline.runtime.align import Aligner
 from pipeline.runtime.plan import (
     OutputPlan,
@@ -62,7 +61,8 @@ from pipeline.runtime.plan import (
     plan_messages,
     plan_objects,
 )
-from pipeline.sinks import Backoff, ObjectStoreSink, OutMessage, PutObject, TopicSink
+from pipeline.runtime.settings import Settings
+from pipeline.runtime.sinks import Backoff, ObjectStoreSink, OutMessage, PutObject, TopicSink
 
 log = logging.getLogger("pipeline.worker")
 
@@ -74,13 +74,13 @@ def warm_up(nice: int = 0) -> None:
     first batch; `nice` lowers the process's CPU priority by that much."""
     if nice:
         os.nice(nice)
-    import pipeline.events  # noqa: F401
+    import pipeline.core.events  # noqa: F401
     import pipeline.runtime.plan  # noqa: F401
 
 
 def decode_job(records: list[RawRecord], max_frame_bytes: int) -> tuple[Any, list[DeadLetter], float]:
     """Decoder process: a batch's frames into columns (what `Core.process` would do first)."""
-    from pipeline.events import decode_records
+    from pipeline.core.events import decode_records
 
     started = time.perf_counter()
     readings, dead_letters = decode_records(records, max_frame_bytes=max_frame_bytes)
@@ -225,20 +225,22 @@ class BatchIngest:
         self.state: Any = None
         self._restoring: asyncio.Task[None] | None = None  # the state read started at assignment
         if core.handlers is not None:
-            from pipeline.state_sync import StateChangelog
+            from pipeline.runtime.state_sync import StateChangelog
 
             self.state = StateChangelog(settings, core.handlers.state_store)
         self.rules_watcher: Any = None
         self._next_rules_poll = 0.0
         if core.router is not None:
-            from pipeline.rules import RulesWatcher
+            from pipeline.core.rules import RulesWatcher
 
             def rejected(message: str) -> None:
                 metrics.RELOADS.labels("rules", "rejected").inc()
 
             def accepted(ruleset: Any) -> None:
                 assert core.router is not None
-                from pipeline.topics import create_topics_now  # new routes' topics, as at start
+                from pipeline.runtime.topics import (
+                    create_topics_now,  # new routes' topics, as at start
+                )
 
                 create_topics_now(settings, core.router.ruleset.topics_added(ruleset))
                 core.router.update(ruleset)
@@ -711,7 +713,7 @@ class BatchIngest:
     async def _deliver(self, delivery: RouteDelivery) -> list[OutMessage]:
         """One route's events to one topic target under the route's retry; returns the failure
         events for its dead-letter target if the target refused them to the end."""
-        from pipeline.rules.delivery import TopicDelivery, deliver
+        from pipeline.core.rules.delivery import TopicDelivery, deliver
 
         assert self.sink is not None
         sink = self.sink
@@ -733,12 +735,12 @@ class BatchIngest:
         """POST routed events to webhook targets (concurrently, each with its own retries and
         timeout); events a webhook refused after its retries go to their route's dead-letter
         target as failure events, once each."""
-        from pipeline.rules.failures import failure_events
+        from pipeline.core.rules.failures import failure_events
 
         if result.route_result is None or self.core.router is None:
             return []
         if self.webhooks is None:
-            from pipeline.rules.webhook import WebhookSender
+            from pipeline.core.rules.webhook import WebhookSender
 
             self.webhooks = WebhookSender()
         out: list[OutMessage] = []

@@ -18,11 +18,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.batch import DeadLetter, EventBatch, RawRecord
-from pipeline.core import BatchResult
-from pipeline.events import EncodedRecord, encode_event
-from pipeline.segments import Segment, add_to_segment, event_objects, segment_objects, split_batch
-from pipeline.sinks import (
+from pipeline.core.batch import DeadLetter, EventBatch, RawRecord
+from pipeline.core.events import EncodedRecord, encode_event
+from pipeline.core.process import BatchResult
+from pipeline.runtime.segments import (
+    Segment,
+    add_to_segment,
+    event_objects,
+    segment_objects,
+    split_batch,
+)
+from pipeline.runtime.sinks import (
     OutMessage,
     PutObject,
     dead_letter_record,

@@ -3,7 +3,7 @@
 
 - `per-event` (default), the baseline: a plain Faust agent that, for every event, decodes
   its one record and cleans it with the per-reading implementation of the same rules
-  (`pipeline.clean.reference.ReferenceCleaner`). No handlers, no rules, no sinks: Faust
+  (`pipeline.core.clean.reference.ReferenceCleaner`). No handlers, no rules, no sinks: Faust
   acks each event as the loop moves to the next.
 - `take`: Faust's own cost on the worker's path: `noack_take` batches of the worker's size,
   each event acked, no other work. No Faust worker can go faster on the same records.
@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import faust  # noqa: E402
 
-from pipeline.catalog import load_catalog  # noqa: E402
-from pipeline.clean import load_cleaning_config  # noqa: E402
-from pipeline.clean.reference import ReferenceCleaner  # noqa: E402
-from pipeline.config import Settings  # noqa: E402
-from pipeline.events import decode_records  # noqa: E402
+from pipeline.core.catalog import load_catalog  # noqa: E402
+from pipeline.core.clean import load_cleaning_config  # noqa: E402
+from pipeline.core.clean.reference import ReferenceCleaner  # noqa: E402
+from pipeline.core.events import decode_records  # noqa: E402
 from pipeline.runtime.app import faust_app, to_raw_record  # noqa: E402
+from pipeline.runtime.settings import Settings  # noqa: E402
 
 
 def create_app(settings: Settings, agent: str = "per-event") -> faust.App:

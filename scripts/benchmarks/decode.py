@@ -22,9 +22,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.batch import RawRecord  # noqa: E402
-from pipeline.catalog import Catalog, load_catalog  # noqa: E402
-from pipeline.events import FRAME_KIND_OF_TYPE, decode_records, encode_frame  # noqa: E402
+from pipeline.core.batch import RawRecord  # noqa: E402
+from pipeline.core.catalog import Catalog, load_catalog  # noqa: E402
+from pipeline.core.events import FRAME_KIND_OF_TYPE, decode_records, encode_frame  # noqa: E402
 
 FRAME_MS = 5_000
 T0 = 1_700_000_000_000

@@ -1,7 +1,7 @@
 """Handler cost: the shipped handler set against cleaning, per batch, on the same batches.
 
 Batches of about `--readings` decoded readings come from the fleet simulator
-(`pipeline.simulate`, all catalog signals, default faults) when it is there, else from a
+(`pipeline.tools.simulate`, all catalog signals, default faults) when it is there, else from a
 synthetic fleet batch. Each batch is decoded (not timed), cleaned (timed) and run through
 every handler in `functions/` (timed), in order, so cleaning and handler state carry from
 batch to batch as in a worker. Prints the per-batch times, handler time per 100k clean
@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.batch import RawRecord, Readings  # noqa: E402
-from pipeline.handlers.runner import HandlerRunner, build_runner  # noqa: E402
+from pipeline.core.batch import RawRecord, Readings  # noqa: E402
+from pipeline.core.handlers.runner import HandlerRunner, build_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -35,7 +35,7 @@ PARTITIONS = 6
 
 def simulator_batches(vehicles: int, seconds: int, readings: int) -> Iterator[list[RawRecord]]:
     """Records in arrival order, cut into batches of about `readings` readings."""
-    from pipeline.simulate import FleetSimulator, SimConfig, to_record
+    from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
 
     sim = FleetSimulator(SimConfig(vehicles=vehicles, duration_s=float(seconds)))
     topics = {"sensor": sim.config.sensor_topic, "gps": sim.config.gps_topic}
@@ -60,12 +60,12 @@ def prepare(args: argparse.Namespace, catalog: Any, source: str) -> list[tuple[R
     """Input batches for cleaning: decoded simulator records, or synthetic readings."""
     out: list[tuple[Readings, list[RawRecord]]] = []
     if source == "simulator":
-        from pipeline.events import decode_records
+        from pipeline.core.events import decode_records
 
         for records in simulator_batches(args.vehicles, args.seconds, args.readings):
             out.append((decode_records(records)[0], records))
     else:
-        from pipeline.handlers.testing import synthetic_fleet
+        from pipeline.core.handlers.testing import synthetic_fleet
 
         per_vehicle = 275  # readings of one synthetic vehicle in 10 s
         n_veh = max(1, args.readings // per_vehicle)
@@ -77,13 +77,13 @@ def prepare(args: argparse.Namespace, catalog: Any, source: str) -> list[tuple[R
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Best of `--repeat` passes over the same batches, each pass with fresh cleaner and handler state."""
-    from pipeline.catalog import load_catalog
+    from pipeline.core.catalog import load_catalog
 
     catalog = load_catalog()
     source = args.source
     if source == "auto":
-        source = "simulator" if (REPO / "pipeline" / "simulate.py").exists() else "synthetic"
-    have_clean = (REPO / "pipeline" / "clean").exists() or (REPO / "pipeline" / "clean.py").exists()
+        source = "simulator" if (REPO / "pipeline" / "tools" / "simulate.py").exists() else "synthetic"
+    have_clean = (REPO / "pipeline" / "core" / "clean").exists()
     inputs = prepare(args, catalog, source)
     n = len(inputs)
     best_clean = [float("inf")] * n
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pass_clean = pass_handlers = 0.0
         cleaner = None
         if have_clean:
-            from pipeline.clean import Cleaner, load_cleaning_config
+            from pipeline.core.clean import Cleaner, load_cleaning_config
 
             cfg_path = REPO / "rules" / "cleaning.yaml"
             cleaner = Cleaner(catalog, load_cleaning_config(cfg_path) if cfg_path.exists() else None)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.a) != bool(args.b):
         parser.error("give both --a and --b, or neither")
 
-    from pipeline.region_services import private_regions
+    from pipeline.tools.region_services import private_regions
 
     with contextlib.ExitStack() as stack:
         if args.a:

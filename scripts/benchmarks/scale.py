@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from pipeline.config import get_settings  # noqa: E402
-from pipeline.lag import GroupLag, LagReader  # noqa: E402
-from pipeline.supervisor import Supervisor  # noqa: E402
+from pipeline.runtime.lag import GroupLag, LagReader  # noqa: E402
+from pipeline.runtime.settings import get_settings  # noqa: E402
+from pipeline.tools.supervisor import Supervisor  # noqa: E402
 
 
 @dataclass
@@ -189,7 +189,7 @@ async def produce_simulated(vehicles: int, duration_s: float, seed: int, sensor_
     (records acknowledged, readings in them)."""
     from aiokafka import AIOKafkaProducer
 
-    from pipeline.simulate import FleetSimulator, SimConfig
+    from pipeline.tools.simulate import FleetSimulator, SimConfig
 
     config = SimConfig(vehicles=vehicles, duration_s=duration_s, seed=seed,
                        sensor_topic=sensor_topic, gps_topic=gps_topic)

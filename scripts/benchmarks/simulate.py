@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.config import Settings  # noqa: E402
-from pipeline.recording import Record  # noqa: E402
-from pipeline.replay import Pacer, ProducerOptions, produce  # noqa: E402
-from pipeline.simulate import FleetSimulator, SimConfig, simulate_to_recording  # noqa: E402
+from pipeline.runtime.settings import Settings  # noqa: E402
+from pipeline.tools.recording import Record  # noqa: E402
+from pipeline.tools.replay import Pacer, ProducerOptions, produce  # noqa: E402
+from pipeline.tools.simulate import FleetSimulator, SimConfig, simulate_to_recording  # noqa: E402
 
 TOPICS = {"sensor": "bench.sensor", "gps": "bench.gps"}
 

@@ -72,13 +72,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
-from pipeline.batch import RawRecord  # noqa: E402
-from pipeline.config import Settings  # noqa: E402
-from pipeline.events import decode_records  # noqa: E402
-from pipeline.lag import GroupLag, LagReader  # noqa: E402
-from pipeline.recording import Record  # noqa: E402
-from pipeline.replay import Pacer, as_async  # noqa: E402
-from pipeline.simulate import FleetSimulator, SimConfig, SimFrame, to_record  # noqa: E402
+from pipeline.core.batch import RawRecord  # noqa: E402
+from pipeline.core.events import decode_records  # noqa: E402
+from pipeline.runtime.lag import GroupLag, LagReader  # noqa: E402
+from pipeline.runtime.settings import Settings  # noqa: E402
+from pipeline.tools.recording import Record  # noqa: E402
+from pipeline.tools.replay import Pacer, as_async  # noqa: E402
+from pipeline.tools.simulate import FleetSimulator, SimConfig, SimFrame, to_record  # noqa: E402
 
 TARGET_VS_PROFILE = 1.0  # overlapped stages win back what Kafka and the store cost
 TARGET_VS_BASELINE = 8.0  # over the per-event Faust agent
@@ -173,7 +173,7 @@ async def produce(items: Iterable[Item] | AsyncIterator[Item], settings: Setting
     """Send records and note each one's partition, offset, readings and send time.
 
     Without a pacer: as fast as the broker takes them, with the records' own timestamps.
-    With one (`pipeline.replay.Pacer`: by record time at a speed, or at a readings rate):
+    With one (`pipeline.tools.replay.Pacer`: by record time at a speed, or at a readings rate):
     each record when it is due, with the wall clock at send as its record timestamp.
     """
     producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=10 if pacer else 20,
@@ -492,7 +492,7 @@ class Run:
         group = f"bench-{self.uid}-{phase}"
         port = free_port()
         argv = ([sys.executable, str(Path(__file__).resolve()), "_traced-worker"] if self.args.timers
-                else [sys.executable, "-m", "pipeline.cli", "worker"])
+                else [sys.executable, "-m", "pipeline.cli.main", "worker"])
         child = Child(f"worker[{phase}]", argv,
                       self.env(group, topics, METRICS_PORT=str(port)), self.tmp / f"{group}.log", port)
         self.children.append(child)
@@ -628,7 +628,7 @@ def phase_profile(run: Run, batches: list[list[RawRecord]]) -> dict[str, Any]:
     calls. The serial rate the worker's overlapped stages must beat (`vs_profile`)."""
     import logging
 
-    from pipeline.core import Core
+    from pipeline.core.process import Core
     from pipeline.runtime.app import tune_gc
     from pipeline.runtime.ingest import observe
     from pipeline.runtime.plan import plan_outputs
@@ -992,7 +992,7 @@ def traced_worker_main() -> None:
     time batches spent writing their plans (`write`: PUTs and produces, overlapping)."""
     from prometheus_client import Counter
 
-    from pipeline.cli import main as cli_main
+    from pipeline.cli.main import main as cli_main
     from pipeline.runtime.ingest import BatchIngest
 
     spent = Counter("bench_worker_seconds", "Worker runtime time by part (benchmark timers)", ["part"])

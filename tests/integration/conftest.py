@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import REPO_ROOT, Settings
+from pipeline.runtime.settings import REPO_ROOT, Settings
 
 
 def free_port() -> int:
@@ -80,7 +80,7 @@ class WorkerProcess:
 
     def start(self, timeout_s: float = 60) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -174,7 +174,7 @@ def produce(settings: Settings, messages: Sequence[tuple[str, Any]]) -> None:
 
 def wait_drained(settings: Settings, expected: int, timeout_s: float = 120) -> None:
     """Wait until the group has committed `expected` records across the ingest topics."""
-    from pipeline.lag import read_group_lag
+    from pipeline.runtime.lag import read_group_lag
 
     deadline = time.monotonic() + timeout_s
     committed = 0

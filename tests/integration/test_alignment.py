@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import Settings
-from pipeline.recording import Record
-from pipeline.replay import (
+from pipeline.runtime.settings import Settings
+from pipeline.tools.recording import Record
+from pipeline.tools.replay import (
     Pacer,
     default_twizy_dir,
     load_mapping,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pipeline.config import REPO_ROOT, Settings
+from pipeline.runtime.settings import REPO_ROOT, Settings
 
 
 def test_autoscale_demo_follows_a_burst_and_reconciles(services: Settings) -> None:

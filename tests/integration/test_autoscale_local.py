@@ -22,7 +22,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.autoscale import (
+from pipeline.runtime.lag import LagReader, read_group_lag
+from pipeline.runtime.settings import get_settings
+from pipeline.tools.autoscale import (
     Autoscaler,
     Decision,
     LocalDriver,
@@ -30,9 +32,7 @@ from pipeline.autoscale import (
     ScalePolicy,
     run_with_reader,
 )
-from pipeline.config import get_settings
-from pipeline.lag import LagReader, read_group_lag
-from pipeline.supervisor import Supervisor
+from pipeline.tools.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +169,7 @@ def test_dry_run_prints_decisions_and_starts_nothing(topics: list[str], tmp_path
     asyncio.run(_produce(topics, 900))
     state_dir = tmp_path / "workers"
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "autoscale", "--dry-run", "--once", "--driver", "local",
+        [sys.executable, "-m", "pipeline.cli.main", "autoscale", "--dry-run", "--once", "--driver", "local",
          "--group", f"never-{uuid.uuid4().hex[:8]}", "--topic", topics[0], "--topic", topics[1],
          "--lag-threshold", "200", "--max", "5", "--metrics-port", "0", "--state-dir", str(state_dir)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PIPELINE_WORKER_CMD": "false"},

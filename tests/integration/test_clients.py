@@ -6,9 +6,9 @@ import asyncio
 import io
 import uuid
 
-from pipeline.batch import RawRecord
-from pipeline.config import Settings
-from pipeline.events import encode_frame, read_event
+from pipeline.core.batch import RawRecord
+from pipeline.core.events import encode_frame, read_event
+from pipeline.runtime.settings import Settings
 
 
 def test_cloudevent_produced_and_consumed_through_the_broker(services: Settings) -> None:

@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 
-from pipeline.config import REPO_ROOT
-from pipeline.events import encode_event, encode_frame
-from pipeline.rules.columns import batch_from_events
-from pipeline.rules.failures import failure_events
+from pipeline.core.events import encode_event, encode_frame
+from pipeline.core.rules.columns import batch_from_events
+from pipeline.core.rules.failures import failure_events
+from pipeline.runtime.settings import REPO_ROOT
 from tests.integration.conftest import Stack, produce
 from tests.integration.test_route_policies import consume
 
@@ -38,7 +38,7 @@ def test_replay_sends_only_that_routes_failed_events(stack: Stack) -> None:
     produce(s, messages)
 
     env = {**os.environ, **stack.env}
-    cmd = [sys.executable, "-m", "pipeline.cli", "dlq", "replay", "--route", "dept.r", "--rules", str(routes)]
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "dlq", "replay", "--route", "dept.r", "--rules", str(routes)]
     dry = subprocess.run([*cmd, "--dry-run"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert f"dept.r: 2 failed events of 4 dead letters read; would send to {target} (2); 2 others left alone" in dry.stdout

@@ -10,8 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.config import get_settings
-from pipeline.lag import LagReader, group_lag
+from pipeline.runtime.lag import LagReader, group_lag
+from pipeline.runtime.settings import get_settings
 
 pytestmark = pytest.mark.integration
 

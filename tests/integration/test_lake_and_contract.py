@@ -14,14 +14,14 @@ from typing import Any
 import jsonschema
 import orjson
 
-from pipeline.config import REPO_ROOT, Settings
-from pipeline.contract import message_schemas
-from pipeline.lake import EXAMPLES
+from pipeline.runtime.settings import REPO_ROOT, Settings
+from pipeline.tools.contract import message_schemas
+from pipeline.tools.lake import EXAMPLES
 from tests.integration.conftest import Stack
 
 
 def cli(stack: Stack, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO_ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=timeout, env={**os.environ, **stack.env, **(env or {})})
     assert result.returncode == 0, f"pipeline {' '.join(args)}: {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -39,7 +39,7 @@ def isolated_rules(tmp: Path, uid: str) -> Path:
 
 
 def wait_all_committed(settings: Settings, timeout_s: float = 120) -> int:
-    from pipeline.lag import read_group_lag
+    from pipeline.runtime.lag import read_group_lag
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import regions as reg
-from pipeline.region_services import RegionServices, private_regions
-from pipeline.replay import default_twizy_dir as reg_default_twizy_dir
+from pipeline.tools import regions as reg
+from pipeline.tools.region_services import RegionServices, private_regions
+from pipeline.tools.replay import default_twizy_dir as reg_default_twizy_dir
 
 pytestmark = pytest.mark.integration
 
@@ -199,7 +199,7 @@ def test_outage_drill_loses_nothing(tmp_path: Path) -> None:
     arrives, both reconciles balance, every routed event of A reaches B, and replication
     lag is back under 10 s within a minute. (15 s outage here for CI time; the script's
     default is 60 s.)"""
-    from pipeline.region_drill import main as drill
+    from pipeline.tools.region_drill import main as drill
 
     result = drill(outage_s=15, vehicles=60, before_s=5, after_s=10, folder=tmp_path)
     assert result.frames["a"] > 0 and result.frames["b"] > 0
@@ -218,9 +218,9 @@ def test_rehomed_vehicle_trip_started_in_a_ends_in_b_with_the_whole_distance(
     changelog) and the rest sent to b. The trips equal those of the whole drive in one region."""
     import math
 
-    from pipeline.region_drill import Worker
-    from pipeline.region_ops import rehome_state, replication_lag
-    from pipeline.replay import Pacer, load_mapping, load_trips, produce, twizy_items
+    from pipeline.tools.region_drill import Worker
+    from pipeline.tools.region_ops import rehome_state, replication_lag
+    from pipeline.tools.replay import Pacer, load_mapping, load_trips, produce, twizy_items
     from tests.integration.test_alignment import ended_trips, trip_rows
 
     a, b = pair.names
@@ -247,7 +247,7 @@ def test_rehomed_vehicle_trip_started_in_a_ends_in_b_with_the_whole_distance(
             settings = where.settings().model_copy(update={
                 "topic_sensor": env["TOPIC_SENSOR"], "topic_gps": env["TOPIC_GPS"], "partitions": 3})
             asyncio.run(produce(part, settings, pacer=Pacer()))
-            from pipeline.region_drill import _drained
+            from pipeline.tools.region_drill import _drained
 
             assert asyncio.run(_drained(settings, 120)), worker.log.read_text()[-3000:]
             if idle_s < 60:  # let the idle signal end the last trip

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.config import REPO_ROOT, Settings
-from pipeline.events import EncodedRecord, encode_frame
+from pipeline.core.events import EncodedRecord, encode_frame
+from pipeline.runtime.settings import REPO_ROOT, Settings
 from tests.integration.conftest import Stack, produce, wait_drained
 
 T0 = 1_772_437_200_000  # 2026-03-02T07:40:00Z
@@ -141,7 +141,7 @@ def test_rules_hot_reload_valid_and_invalid(stack: Stack) -> None:
 
 
 HANDLER = '''
-from pipeline.handlers import HandlerContext, HandlerInput, handler
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler
 
 SPEED = "Vehicle.Speed"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pipeline.config import Settings
+from pipeline.runtime.settings import Settings
 from tests.integration.conftest import Stack, produce
 from tests.integration.test_reload_and_state import T0, drive, private_rules, route_file
 

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.config import Settings
-from pipeline.recording import Record
-from pipeline.replay import (
+from pipeline.runtime.settings import Settings
+from pipeline.tools.recording import Record
+from pipeline.tools.replay import (
     Pacer,
     ProducerOptions,
     default_twizy_dir,
@@ -26,8 +26,8 @@ from pipeline.replay import (
     produce,
     twizy_items,
 )
-from pipeline.sim.faults import parse_fault_rates
-from pipeline.simulate import FleetSimulator, SimConfig
+from pipeline.tools.sim.faults import parse_fault_rates
+from pipeline.tools.simulate import FleetSimulator, SimConfig
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import REPO_ROOT
-from pipeline.recording import iter_records
-from pipeline.replay import default_twizy_dir, load_mapping, load_trips, twizy_items
+from pipeline.runtime.settings import REPO_ROOT
+from pipeline.tools.recording import iter_records
+from pipeline.tools.replay import default_twizy_dir, load_mapping, load_trips, twizy_items
 from tests.integration.conftest import Stack, produce, wait_drained
 
 VIN_RUN = re.compile(r"[A-HJ-NPR-Z0-9]{17,}")
@@ -97,7 +97,7 @@ def traffic(stack: Stack) -> list[tuple[str, Any]]:
     """One Twizy replaying its 7 real trips, and 40 simulated vehicles at the evening peak."""
     s = stack.settings
     recording = stack.tmp / "evening.rec"
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "simulate", "--vehicles", "40", "--duration", "600",
+    subprocess.run([sys.executable, "-m", "pipeline.cli.main", "simulate", "--vehicles", "40", "--duration", "600",
                     "--start", "2024-05-14T18:00:00+01:00", "--seed", "7", "--fault-rate", "none",
                     "--out", str(recording)], cwd=REPO_ROOT, check=True, capture_output=True)
     mapping = load_mapping()
@@ -237,7 +237,7 @@ def test_route_topics_obey_the_routes_data_policies(stack: Stack) -> None:
         assert not any(v in error for v in vins) and not vin_shaped(error)
     assert worker.metric("pipeline_dead_letters_total", stage="route:dept.leak", reason="policy_violation") == len(leaks)
     # ... and in the segment manifests' dead-letter counts.
-    from pipeline.reconcile import load_manifests
+    from pipeline.tools.reconcile import load_manifests
 
     client = s.minio_client()
     counted = sum(m["dead_letters"].get("route:dept.leak:policy_violation", 0)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import services
-from pipeline.services import ServiceError, ServiceSettings
+from pipeline.tools import services
+from pipeline.tools.services import ServiceError, ServiceSettings
 
 pytestmark = pytest.mark.integration
 

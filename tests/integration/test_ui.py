@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.config import REPO_ROOT
+from pipeline.runtime.settings import REPO_ROOT
 from tests.integration.conftest import Stack, free_port
 from tests.integration.test_lake_and_contract import (
     cli,
@@ -29,7 +29,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def start_ui(stack: Stack, rules: Path, metrics_port: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = open(stack.tmp / "ui.log", "ab")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port), "--no-local",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "ui", "--port", str(port), "--no-local",
                              "--refresh", "1", "--metrics", f"http://127.0.0.1:{metrics_port}/metrics"],
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **stack.env, "RULES_DIR": str(rules)})

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline import services
-from pipeline.config import Settings
-from pipeline.events import EncodedRecord, encode_frame
-from pipeline.reconcile import reconcile
+from pipeline.core.events import EncodedRecord, encode_frame
+from pipeline.runtime.settings import Settings
+from pipeline.tools import services
+from pipeline.tools.reconcile import reconcile
 from tests.integration.conftest import Stack, produce, wait_drained
 
 T0 = 1_772_437_200_000  # 2026-03-02T07:40:00Z, a weekday morning

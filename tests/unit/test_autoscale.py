@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from pipeline.autoscale import (
+from pipeline.runtime.lag import GroupLag, PartitionLag
+from pipeline.tools.autoscale import (
     AutoscaleMetrics,
     Autoscaler,
     ComposeDriver,
@@ -24,7 +25,6 @@ from pipeline.autoscale import (
     recommended_replicas,
     run,
 )
-from pipeline.lag import GroupLag, PartitionLag
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.catalog import DATATYPES, INTEGER_RANGES, Catalog, load_catalog, parse_catalog
-from pipeline.errors import ConfigError
+from pipeline.core.catalog import DATATYPES, INTEGER_RANGES, Catalog, load_catalog, parse_catalog
+from pipeline.core.errors import ConfigError
 
 SPEED = """\
   - name: Vehicle.Speed

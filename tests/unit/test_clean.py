@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, CleanResult, load_cleaning_config
-from pipeline.clean.config import SpikeRule, StuckRule
-from pipeline.clean.reference import ReferenceCleaner
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, CleanResult, load_cleaning_config
+from pipeline.core.clean.config import SpikeRule, StuckRule
+from pipeline.core.clean.reference import ReferenceCleaner
 from tests.unit.test_clean_support import (
     ACC,
     ACCEL,

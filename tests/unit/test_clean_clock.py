@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, CleanResult, load_cleaning_config
-from pipeline.clean.reference import ReferenceCleaner
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, CleanResult, load_cleaning_config
+from pipeline.core.clean.reference import ReferenceCleaner
 from tests.unit.test_clean_support import SPEED, frame, readings_of, seconds
 
 VIN = "VF1AAAAA000000001"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, load_cleaning_config, parse_cleaning_config
-from pipeline.clean.config import DEFAULT_PATH
-from pipeline.errors import ConfigError
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, load_cleaning_config, parse_cleaning_config
+from pipeline.core.clean.config import DEFAULT_PATH
+from pipeline.core.errors import ConfigError
 
 
 def test_shipped_config_loads_and_matches_the_catalog() -> None:

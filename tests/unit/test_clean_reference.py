@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, load_cleaning_config
-from pipeline.clean.config import SpikeRule, StuckRule
-from pipeline.clean.reference import ReferenceCleaner
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, load_cleaning_config
+from pipeline.core.clean.config import SpikeRule, StuckRule
+from pipeline.core.clean.reference import ReferenceCleaner
 from tests.unit.test_clean_support import SOC, SPEED, random_batches, readings_of
 
 
@@ -49,10 +49,10 @@ def test_same_outcomes_as_reference(seed: int, which: int) -> None:
 
 def test_same_outcomes_on_simulated_traffic() -> None:
     """Simulated frames (default faults, the shipped config) through decode: same outcomes."""
-    from pipeline.batch import RawRecord
-    from pipeline.events import decode_records
-    from pipeline.sim.faults import parse_fault_rates
-    from pipeline.simulate import FleetSimulator, SimConfig, to_record
+    from pipeline.core.batch import RawRecord
+    from pipeline.core.events import decode_records
+    from pipeline.tools.sim.faults import parse_fault_rates
+    from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
 
     catalog = load_catalog()
     rates = parse_fault_rates("spike=0.003,gps_jump=0.01,teleport=0.002,null_island=0.002,"

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.clean import (
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import (
     Cleaner,
     CleanResult,
     load_cleaning_config,
     parse_cleaning_config,
 )
-from pipeline.clean.config import StuckRule
-from pipeline.clean.reference import ReferenceCleaner
-from pipeline.errors import ConfigError
+from pipeline.core.clean.config import StuckRule
+from pipeline.core.clean.reference import ReferenceCleaner
+from pipeline.core.errors import ConfigError
 from tests.unit.test_clean_support import ACCEL, SOC, SPEED, frame, readings_of, seconds
 
 VIN = "VF1AAAAA000000001"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.batch import Frames, Readings
+from pipeline.core.batch import Frames, Readings
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 SPEED = "Vehicle.Speed"

@@ -13,11 +13,11 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch import RawRecord
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, load_cleaning_config
-from pipeline.events import decode_records
-from pipeline.simulate import FleetSimulator, SimConfig, to_record
+from pipeline.core.batch import RawRecord
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, load_cleaning_config
+from pipeline.core.events import decode_records
+from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
 
 REPO = Path(__file__).resolve().parents[2]
 

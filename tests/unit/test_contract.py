@@ -10,8 +10,13 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT, Settings
-from pipeline.contract import (
+from pipeline.core.events import encode_events
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler
+from pipeline.core.handlers.registry import FieldSpec, Registry, spec_of
+from pipeline.core.handlers.testing import HandlerHarness, synthetic_fleet
+from pipeline.core.rules.router import Router
+from pipeline.runtime.settings import REPO_ROOT, Settings
+from pipeline.tools.contract import (
     build_contract,
     declared_schema,
     load_contract_inputs,
@@ -19,11 +24,6 @@ from pipeline.contract import (
     type_always_matches,
     type_can_match,
 )
-from pipeline.events import encode_events
-from pipeline.handlers import HandlerContext, HandlerInput, handler
-from pipeline.handlers.registry import FieldSpec, Registry, spec_of
-from pipeline.handlers.testing import HandlerHarness, synthetic_fleet
-from pipeline.rules.router import Router
 from tests.unit.functions.test_fn_routes import scenario
 
 SETTINGS = Settings()

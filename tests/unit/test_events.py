@@ -16,9 +16,9 @@ from cloudevents.core.v1.event import CloudEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import EventBatch, RawRecord
-from pipeline.errors import DecodeError
-from pipeline.events import (
+from pipeline.core.batch import EventBatch, RawRecord
+from pipeline.core.errors import DecodeError
+from pipeline.core.events import (
     DECODE_REASONS,
     FRAME_TYPES,
     EncodedRecord,

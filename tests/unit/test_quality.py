@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.quality import (
+from pipeline.tools.quality import (
     MAX_WRONGLY_DROPPED,
     QUALITY_RATES,
     RECALL_TARGETS,
@@ -12,7 +12,7 @@ from pipeline.quality import (
     simulated_quality,
     twizy_quality,
 )
-from pipeline.sim.faults import parse_fault_rates
+from pipeline.tools.sim.faults import parse_fault_rates
 
 # The quality run's fault rates on a smaller, faster fleet: enough of every targeted fault
 # for its target to mean something.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.reconcile import PartitionReport, check_partition
+from pipeline.tools.reconcile import PartitionReport, check_partition
 
 
 def manifest(first: int, last: int, dead: list[int] = (), kept: int = 10, dropped: int = 0,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import recording
-from pipeline.recording import (
+from pipeline.tools import recording
+from pipeline.tools.recording import (
     MAGIC,
     Record,
     RecordingError,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import regions as reg
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
-from pipeline.region_services import RegionServices, mm2_properties
-from pipeline.services import ServiceSettings
+from pipeline.core.errors import ConfigError
+from pipeline.runtime.settings import Settings
+from pipeline.tools import regions as reg
+from pipeline.tools.region_services import RegionServices, mm2_properties
+from pipeline.tools.services import ServiceSettings
 
 TWO = {
     "regions": {

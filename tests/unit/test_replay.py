@@ -15,11 +15,17 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
-from pipeline.recording import Record, RecordingReader, iter_records, read_metadata, write_records
-from pipeline.replay import (
+from pipeline.cli.main import app
+from pipeline.core.errors import ConfigError
+from pipeline.runtime.settings import Settings
+from pipeline.tools.recording import (
+    Record,
+    RecordingReader,
+    iter_records,
+    read_metadata,
+    write_records,
+)
+from pipeline.tools.replay import (
     DEFAULT_MAPPING,
     Pacer,
     count_readings,

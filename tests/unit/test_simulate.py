@@ -12,14 +12,14 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.batch import RawRecord
-from pipeline.catalog import Catalog, load_catalog
-from pipeline.events import decode_records
-from pipeline.recording import Record, iter_records, read_metadata
-from pipeline.sim.city import CITIES, RoadNetwork
-from pipeline.sim.faults import FAULTS, parse_fault_rates
-from pipeline.sim.fleet import DAY_MS, FleetModel
-from pipeline.simulate import (
+from pipeline.core.batch import RawRecord
+from pipeline.core.catalog import Catalog, load_catalog
+from pipeline.core.events import decode_records
+from pipeline.tools.recording import Record, iter_records, read_metadata
+from pipeline.tools.sim.city import CITIES, RoadNetwork
+from pipeline.tools.sim.faults import FAULTS, parse_fault_rates
+from pipeline.tools.sim.fleet import DAY_MS, FleetModel
+from pipeline.tools.simulate import (
     FleetSimulator,
     SimConfig,
     load_truth,

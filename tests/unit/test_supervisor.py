@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.supervisor import Supervisor, SupervisorError
+from pipeline.tools.supervisor import Supervisor, SupervisorError
 
 # A stand-in worker: serves HTTP on METRICS_PORT (so readiness can be asked), answers with its
 # replica index and data dir, and keeps a child process in its group (stop must end it too).

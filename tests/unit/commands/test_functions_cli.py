@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from pipeline.commands.functions import register
+from pipeline.cli.functions import register
 
 FUNCTIONS = Path(__file__).resolve().parents[3] / "functions"
 
@@ -47,7 +47,7 @@ def test_test_runs_one_file_on_a_synthetic_batch() -> None:
 def test_test_fails_when_the_handler_saw_no_rows(tmp_path: Path) -> None:
     # The test fleet has no battery temperature: passing here would test nothing.
     (tmp_path / "cold_battery.py").write_text(
-        "from pipeline.handlers import HandlerContext, HandlerInput, handler\n"
+        "from pipeline.core.handlers import HandlerContext, HandlerInput, handler\n"
         "TEMP = 'Vehicle.Powertrain.TractionBattery.Temperature.Average'\n"
         "@handler(name='cold_battery', consumes=[TEMP], emits=['fleet.battery.cold'])\n"
         "def cold_battery(batch: HandlerInput, ctx: HandlerContext) -> None:\n"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.recording import RecordingReader
-from pipeline.regions import load
-from pipeline.replay import default_twizy_dir
+from pipeline.cli.main import app
+from pipeline.tools.recording import RecordingReader
+from pipeline.tools.regions import load
+from pipeline.tools.replay import default_twizy_dir
 
 
 def test_replay_region_keeps_the_vehicles_homed_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.batch import RawRecord, Readings
-from pipeline.catalog import load_catalog
-from pipeline.clean import Cleaner, load_cleaning_config
-from pipeline.events import decode_records
-from pipeline.handlers.config import HandlerConfig, load_handler_config
-from pipeline.handlers.loader import load_functions
-from pipeline.handlers.runner import HandlerRunner
-from pipeline.handlers.state import StateStore
-from pipeline.simulate import FleetSimulator, SimConfig, to_record
+from pipeline.core.batch import RawRecord, Readings
+from pipeline.core.catalog import load_catalog
+from pipeline.core.clean import Cleaner, load_cleaning_config
+from pipeline.core.events import decode_records
+from pipeline.core.handlers.config import HandlerConfig, load_handler_config
+from pipeline.core.handlers.loader import load_functions
+from pipeline.core.handlers.runner import HandlerRunner
+from pipeline.core.handlers.state import StateStore
+from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
 
 REPO = Path(__file__).resolve().parents[3]
 CROSS_VEHICLE = {"charging_demand"}

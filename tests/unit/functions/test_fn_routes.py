@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.handlers.loader import load_functions
-from pipeline.handlers.testing import HandlerHarness
+from pipeline.core.handlers.loader import load_functions
+from pipeline.core.handlers.testing import HandlerHarness
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1000
@@ -35,8 +35,8 @@ def scenario() -> dict:
 
 
 def test_shipped_events_are_routed_to_their_consumers() -> None:
-    from pipeline.rules.loader import load_rules
-    from pipeline.rules.router import Router
+    from pipeline.core.rules.loader import load_rules
+    from pipeline.core.rules.router import Router
 
     registry = load_functions(REPO / "functions", strict=True)
     h = HandlerHarness(*registry.ordered())

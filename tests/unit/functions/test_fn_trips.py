@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.handlers.testing import HandlerHarness
+from pipeline.core.handlers.testing import HandlerHarness
 
 SPEED, ODO = "Vehicle.Speed", "Vehicle.TraveledDistance"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
@@ -119,7 +119,7 @@ def test_still_vehicle_does_not_start_a_trip(shipped) -> None:
 
 def test_state_restored_from_the_changelog_continues_the_trip(shipped) -> None:
     """A restarted worker loads the persisted state (as from the table's changelog) and carries on."""
-    from pipeline.handlers.state import StateStore
+    from pipeline.core.handlers.state import StateStore
 
     t = np.arange(0, 500)
     speed = np.where(t < 100, 40.0, 0.0)
@@ -195,7 +195,7 @@ def test_carried_trip_ends_and_a_new_one_starts_in_the_same_batch(shipped, trip_
 def test_a_state_stored_with_named_fields_carries_on_the_same(shipped, trip_state) -> None:
     """States written by the version that kept every field under its name are read as they
     are: the trip ends with the same summary as when its state was never converted."""
-    from pipeline.handlers.state import StateStore
+    from pipeline.core.handlers.state import StateStore
 
     t_all = np.arange(0, 900)
     full = drive(t_all, (t_all >= 10) & (t_all < 400), [])
@@ -218,7 +218,7 @@ def test_a_state_stored_with_named_fields_carries_on_the_same(shipped, trip_stat
 
 def test_a_state_without_some_fields_still_continues_its_trip(shipped) -> None:
     """A stored trip missing the optional fields (absent = unknown) is carried on and ended."""
-    from pipeline.handlers.state import StateStore
+    from pipeline.core.handlers.state import StateStore
 
     store = StateStore()
     store.load([("trips/V1", {"trip_id": "V1-0", "start_t": 0, "last_moving_t": 49_000, "dist_m": 100.0})])

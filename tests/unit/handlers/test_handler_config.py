@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.handlers.config import load_handler_config
+from pipeline.core.errors import ConfigError
+from pipeline.core.handlers.config import load_handler_config
 
 
 def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batch import Readings
-from pipeline.handlers.context import BatchView
-from pipeline.handlers.testing import make_readings
+from pipeline.core.batch import Readings
+from pipeline.core.handlers.context import BatchView
+from pipeline.core.handlers.testing import make_readings
 
 
 def random_readings(seed: int) -> Readings:
@@ -83,10 +83,10 @@ def test_record_at_looks_up_the_same_records_as_record() -> None:
 
 
 def test_states_returns_the_same_whether_few_or_many_vehicles_have_state() -> None:
-    from pipeline.handlers import handler
-    from pipeline.handlers.context import HandlerContext
-    from pipeline.handlers.registry import spec_of
-    from pipeline.handlers.state import StateStore, StateView
+    from pipeline.core.handlers import handler
+    from pipeline.core.handlers.context import HandlerContext
+    from pipeline.core.handlers.registry import spec_of
+    from pipeline.core.handlers.state import StateStore, StateView
 
     @handler(name="probe", consumes=["Vehicle.Speed"], emits=["fleet.test.probe"], state=True)
     def probe(batch: object, ctx: object) -> None:
@@ -114,10 +114,10 @@ def test_states_returns_the_same_whether_few_or_many_vehicles_have_state() -> No
 
 
 def test_nearest_fix_and_fix_zones_agree_with_location_and_zone_tests() -> None:
-    from pipeline.handlers import handler
-    from pipeline.handlers.config import Zone
-    from pipeline.handlers.context import HandlerInput
-    from pipeline.handlers.registry import spec_of
+    from pipeline.core.handlers import handler
+    from pipeline.core.handlers.config import Zone
+    from pipeline.core.handlers.context import HandlerInput
+    from pipeline.core.handlers.registry import spec_of
 
     lat_n, lon_n = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 
@@ -155,9 +155,9 @@ def test_block_starts_from_cleaning_give_the_same_selection_as_a_scan() -> None:
     import dataclasses
     from pathlib import Path
 
-    from pipeline.catalog import load_catalog
-    from pipeline.clean import Cleaner, load_cleaning_config
-    from pipeline.handlers.testing import synthetic_fleet
+    from pipeline.core.catalog import load_catalog
+    from pipeline.core.clean import Cleaner, load_cleaning_config
+    from pipeline.core.handlers.testing import synthetic_fleet
 
     catalog = load_catalog()
     cleaner = Cleaner(catalog, load_cleaning_config(Path(__file__).resolve().parents[3] / "rules" / "cleaning.yaml"))

@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.config import REPO_ROOT
-from pipeline.errors import ConfigError
-from pipeline.handlers import HandlerContext, HandlerInput, handler
-from pipeline.handlers.loader import load_functions
-from pipeline.handlers.registry import FieldSpec, spec_of
-from pipeline.handlers.testing import HandlerHarness, synthetic_fleet
+from pipeline.core.errors import ConfigError
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler
+from pipeline.core.handlers.loader import load_functions
+from pipeline.core.handlers.registry import FieldSpec, spec_of
+from pipeline.core.handlers.testing import HandlerHarness, synthetic_fleet
+from pipeline.runtime.settings import REPO_ROOT
 
 SPEED = "Vehicle.Speed"
 

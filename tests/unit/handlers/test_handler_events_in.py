@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batch import EventBatch
-from pipeline.handlers.registry import HandlerSpec
-from pipeline.handlers.runner import _events_for
+from pipeline.core.batch import EventBatch
+from pipeline.core.handlers.registry import HandlerSpec
+from pipeline.core.handlers.runner import _events_for
 
 TYPES = ("fleet.a.one", "fleet.a.two", "fleet.b.three")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.handlers.loader import FunctionsWatcher, import_file, load_functions
+from pipeline.core.errors import ConfigError
+from pipeline.core.handlers.loader import FunctionsWatcher, import_file, load_functions
 
 GOOD = '''
-from pipeline.handlers import handler
+from pipeline.core.handlers import handler
 
 @handler(name="{name}", consumes=["Vehicle.Speed"], emits=["fleet.test.{name}"])
 def fn(batch, ctx):
@@ -48,7 +48,7 @@ def test_runtime_error_at_import_names_the_line(tmp_path: Path) -> None:
 def test_bad_decorator_arguments_name_the_handler_line(tmp_path: Path) -> None:
     bad = tmp_path / "decor.py"
     write(bad, '''
-        from pipeline.handlers import handler
+        from pipeline.core.handlers import handler
 
         @handler(name="x", consumes=["Vehicle.Speed"], emits=["NotAType"])
         def fn(batch, ctx):
@@ -123,8 +123,8 @@ def test_watcher_rejects_a_bad_config_edit_and_keeps_the_old_settings(tmp_path: 
 
 
 def test_runner_picks_up_a_changed_file_between_batches(tmp_path: Path) -> None:
-    from pipeline.handlers.runner import build_runner
-    from pipeline.handlers.testing import make_readings
+    from pipeline.core.handlers.runner import build_runner
+    from pipeline.core.handlers.testing import make_readings
 
     write(tmp_path / "live.py", GOOD.format(name="live", version=1))
     runner = build_runner(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.handlers import ops
+from pipeline.core.handlers import ops
 
 
 def test_runs_split_by_vehicle_gap_and_condition() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.handlers import ops
+from pipeline.core.handlers import ops
 
 
 def _samples(rng: np.random.Generator, n: int, n_veh: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.handlers.registry import Registry, handler, spec_of
+from pipeline.core.errors import ConfigError
+from pipeline.core.handlers.registry import Registry, handler, spec_of
 
 
 def _fn(batch: Any, ctx: Any) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.batch import deterministic_id
-from pipeline.handlers import HandlerContext, HandlerInput, handler
-from pipeline.handlers.testing import HandlerHarness, event_dicts
+from pipeline.core.batch import deterministic_id
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler
+from pipeline.core.handlers.testing import HandlerHarness, event_dicts
 
 SPEED = "Vehicle.Speed"
 BATCH = {
@@ -55,7 +55,7 @@ def flaky(batch: HandlerInput, ctx: HandlerContext) -> None:
 
 @handler(name="liar", consumes=[SPEED], emits=["fleet.test.declared"])
 def liar(batch: HandlerInput, ctx: HandlerContext) -> Any:
-    from pipeline.batch import EventBatch
+    from pipeline.core.batch import EventBatch
 
     return EventBatch.build(type="fleet.test.undeclared", source="/x", vin=["VIN_A"], time=[0], origin=[0],
                             ids=[""])
@@ -186,8 +186,8 @@ def test_a_handler_can_be_disabled_in_config(enabled: bool) -> None:
 
 
 def test_assign_ids_counts_events_per_record_in_emission_order_and_keeps_given_ids() -> None:
-    from pipeline.batch import EventBatch, RawRecord
-    from pipeline.handlers.runner import assign_ids
+    from pipeline.core.batch import EventBatch, RawRecord
+    from pipeline.core.handlers.runner import assign_ids
 
     records = [RawRecord("t", 0, off, b"A", b"", [], 0) for off in range(3)]
     origin = [2, 0, 2, 2, 0, 1]

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.batch import RawRecord, deterministic_id
-from pipeline.handlers import HandlerContext, HandlerInput, handler, silent_batch
-from pipeline.handlers.runner import HandlerRunner
-from pipeline.handlers.testing import HandlerHarness, make_readings
+from pipeline.core.batch import RawRecord, deterministic_id
+from pipeline.core.handlers import HandlerContext, HandlerInput, handler, silent_batch
+from pipeline.core.handlers.runner import HandlerRunner
+from pipeline.core.handlers.testing import HandlerHarness, make_readings
 
 SPEED = "Vehicle.Speed"
 seen: dict[str, Any] = {}
@@ -125,7 +125,7 @@ def test_a_silent_vehicle_may_not_have_readings_in_the_batch() -> None:
 def test_the_readmes_silent_vehicle_example_runs_as_documented(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from pipeline.handlers.loader import import_file
+    from pipeline.core.handlers.loader import import_file
 
     readme = (Path(__file__).resolve().parents[3] / "functions" / "README.md").read_text()
     section = readme.split("### Silent vehicles", 1)[1]

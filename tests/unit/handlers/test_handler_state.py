@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.errors import HandlerError
-from pipeline.handlers.state import StateStore, StateTooLarge, StateView
+from pipeline.core.errors import HandlerError
+from pipeline.core.handlers.state import StateStore, StateTooLarge, StateView
 
 
 def test_put_converts_numpy_and_tracks_dirty_keys() -> None:

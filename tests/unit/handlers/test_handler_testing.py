@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.handlers.testing import make_events, make_readings, synthetic_fleet
+from pipeline.core.handlers.testing import make_events, make_readings, synthetic_fleet
 
 
 def test_make_readings_is_sorted_like_clean_output_with_one_record_per_vehicle() -> None:

@@ -10,11 +10,12 @@ import pyarrow as pa
 import pytest
 from pyarrow import fs
 
-from pipeline.batch import EventBatch
-from pipeline.commands.query import Format, render
-from pipeline.config import Settings
-from pipeline.handlers.ops import geohash
-from pipeline.lake import (
+from pipeline.cli.query import Format, render
+from pipeline.core.batch import EventBatch
+from pipeline.core.handlers.ops import geohash
+from pipeline.runtime.settings import Settings
+from pipeline.runtime.sinks import events_table, hive_prefix, parquet_bytes
+from pipeline.tools.lake import (
     EXAMPLES,
     LakeError,
     column_alias,
@@ -23,7 +24,6 @@ from pipeline.lake import (
     open_lake,
     view_name,
 )
-from pipeline.sinks import events_table, hive_prefix, parquet_bytes
 
 T0 = 1_715_706_000_000  # 2024-05-14T17:00:00Z
 DAY = 86_400_000
@@ -156,8 +156,8 @@ def test_render_csv_and_json() -> None:
 
 
 def test_declared_event_types_without_objects_are_empty_views(lake_dir: Path) -> None:
-    from pipeline.config import REPO_ROOT
-    from pipeline.lake import declared_event_fields
+    from pipeline.runtime.settings import REPO_ROOT
+    from pipeline.tools.lake import declared_event_fields
 
     declared = declared_event_fields(REPO_ROOT / "functions")
     assert declared["fleet.charging.ended"]["location.lat"] == "number"
@@ -171,7 +171,7 @@ def test_declared_event_types_without_objects_are_empty_views(lake_dir: Path) ->
 def test_the_readme_documents_exactly_the_examples() -> None:
     import re
 
-    from pipeline.config import REPO_ROOT
+    from pipeline.runtime.settings import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     documented = set(re.findall(r"pipeline query --example ([a-z0-9-]+)", readme))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.rules.loader import RuleSet, load_rules
+from pipeline.core.rules.loader import RuleSet, load_rules
 
 VIN = "VF1AG000712345678"
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.rules.columns import Columns, batch_from_events
-from pipeline.rules.loader import RuleSet
-from pipeline.rules.patterns import compile_pattern
-from pipeline.rules.router import Router
+from pipeline.core.rules.columns import Columns, batch_from_events
+from pipeline.core.rules.loader import RuleSet
+from pipeline.core.rules.patterns import compile_pattern
+from pipeline.core.rules.router import Router
 
 from .conftest import event
 

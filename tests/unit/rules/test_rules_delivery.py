@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from pipeline.batch import EventBatch
-from pipeline.rules.columns import batch_from_events
-from pipeline.rules.delivery import TOPIC_FAILED, deliver, topic_deliveries
-from pipeline.rules.loader import RuleSet
-from pipeline.rules.router import Router
+from pipeline.core.batch import EventBatch
+from pipeline.core.rules.columns import batch_from_events
+from pipeline.core.rules.delivery import TOPIC_FAILED, deliver, topic_deliveries
+from pipeline.core.rules.loader import RuleSet
+from pipeline.core.rules.router import Router
 
 from .conftest import event
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.rules.columns import batch_from_events, events_from_batch
-from pipeline.rules.enforce import (
+from pipeline.core.rules.columns import batch_from_events, events_from_batch
+from pipeline.core.rules.enforce import (
     POLICY_VIOLATION,
     PolicyGuard,
     VinFinder,
@@ -21,10 +21,10 @@ from pipeline.rules.enforce import (
     on_coarsen_grid,
     vin_shaped,
 )
-from pipeline.rules.loader import RuleSet
-from pipeline.rules.router import Router, RouteResult
-from pipeline.rules.schema import CoarsenSpec, DataPolicy
-from pipeline.rules.transform import coarsen_coordinates
+from pipeline.core.rules.loader import RuleSet
+from pipeline.core.rules.router import Router, RouteResult
+from pipeline.core.rules.schema import CoarsenSpec, DataPolicy
+from pipeline.core.rules.transform import coarsen_coordinates
 
 from .conftest import VIN, event
 
@@ -243,9 +243,9 @@ def test_the_grid_test_agrees_with_coarsen(precision_m: float) -> None:
 
 
 def test_a_violating_event_is_kept_as_a_redacted_routed_cloudevent(rules_from: Callable[[str], RuleSet]) -> None:
-    from pipeline.batch import RawRecord
-    from pipeline.events import encode_event, read_event
-    from pipeline.rules.failures import REDACTED, as_routed, is_failure_of
+    from pipeline.core.batch import RawRecord
+    from pipeline.core.events import encode_event, read_event
+    from pipeline.core.rules.failures import REDACTED, as_routed, is_failure_of
 
     rules = rules_from(FINANCE)
     leaky = {**event("fleet.trip.ended", trip_id=f"{VIN}-1617012938000", energy_kwh=1.5), "id": "e1"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.rules.loader import RulesError, check_rules, load_rules
+from pipeline.core.errors import ConfigError
+from pipeline.core.rules.loader import RulesError, check_rules, load_rules
 
 
 def messages(path: Path) -> list[str]:

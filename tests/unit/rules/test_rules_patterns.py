@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.rules.columns import Columns, batch_from_events
-from pipeline.rules.patterns import PatternGroupError, compile_pattern
+from pipeline.core.rules.columns import Columns, batch_from_events
+from pipeline.core.rules.patterns import PatternGroupError, compile_pattern
 
 
 def _event(**data: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.rules.loader import check_rules
+from pipeline.core.rules.loader import check_rules
 
 
 def route(transform: str, policy: str, match: str = "    match: {type: [fleet.trip.ended]}\n") -> str:

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.rules.columns import batch_from_events
-from pipeline.rules.loader import RuleSet, load_rules
-from pipeline.rules.reload import RulesWatcher
-from pipeline.rules.router import Router
+from pipeline.core.rules.columns import batch_from_events
+from pipeline.core.rules.loader import RuleSet, load_rules
+from pipeline.core.rules.reload import RulesWatcher
+from pipeline.core.rules.router import Router
 
 from .conftest import event
 

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import EventBatch
-from pipeline.errors import ConfigError
-from pipeline.rules.columns import batch_from_events, events_from_batch
-from pipeline.rules.loader import RuleSet, load_rules
-from pipeline.rules.reference import route_events
-from pipeline.rules.router import Router
-from pipeline.rules.sample import synthetic_events
-from pipeline.rules.schema import TopicTarget
+from pipeline.core.batch import EventBatch
+from pipeline.core.errors import ConfigError
+from pipeline.core.rules.columns import batch_from_events, events_from_batch
+from pipeline.core.rules.loader import RuleSet, load_rules
+from pipeline.core.rules.reference import route_events
+from pipeline.core.rules.router import Router
+from pipeline.core.rules.sample import synthetic_events
+from pipeline.core.rules.schema import TopicTarget
 
 from .conftest import event
 

@@ -8,10 +8,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.commands.rules import register
-from pipeline.rules.docs import reference_markdown
-from pipeline.rules.loader import DEFAULT_RULES_DIR, REPO_ROOT, load_rules
-from pipeline.rules.testing import run_tests
+from pipeline.cli.rules import register
+from pipeline.core.rules.docs import reference_markdown
+from pipeline.core.rules.loader import DEFAULT_RULES_DIR, REPO_ROOT, load_rules
+from pipeline.core.rules.testing import run_tests
 
 SHIPPED = {"peak-shaving": "route.peak-shaving", "recommendation": "route.recommendation",
            "dept.finance": "route.dept.finance", "dept.customer-service": "route.dept.customer-service",

@@ -9,12 +9,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.commands.rules import register
-from pipeline.errors import ConfigError
-from pipeline.handlers.loader import load_functions
-from pipeline.handlers.registry import handler
-from pipeline.rules.loader import REPO_ROOT, RuleSet, load_rules
-from pipeline.rules.system import handler_emitters, system_warnings
+from pipeline.cli.rules import register
+from pipeline.core.errors import ConfigError
+from pipeline.core.handlers.loader import load_functions
+from pipeline.core.handlers.registry import handler
+from pipeline.core.rules.loader import REPO_ROOT, RuleSet, load_rules
+from pipeline.core.rules.system import handler_emitters, system_warnings
 
 FUNCTIONS = REPO_ROOT / "functions"
 

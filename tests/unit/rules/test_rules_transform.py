@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.rules.columns import batch_from_events, events_from_batch
-from pipeline.rules.loader import RuleSet
-from pipeline.rules.reference import route_events
-from pipeline.rules.router import Router
-from pipeline.rules.transform import coarsen_coordinates
+from pipeline.core.rules.columns import batch_from_events, events_from_batch
+from pipeline.core.rules.loader import RuleSet
+from pipeline.core.rules.reference import route_events
+from pipeline.core.rules.router import Router
+from pipeline.core.rules.transform import coarsen_coordinates
 
 from .conftest import VIN, event
 
@@ -164,7 +164,7 @@ def test_coarsen_snaps_to_a_grid_of_the_given_size(rules_from: Callable[[str], R
 
 
 def test_coarsen_by_decimals_and_explicit_fields() -> None:
-    from pipeline.rules.schema import CoarsenSpec
+    from pipeline.core.rules.schema import CoarsenSpec
 
     lat, lon = coarsen_coordinates(np.array([48.85661]), np.array([2.35222]), CoarsenSpec(lat="data.a", lon="data.b", decimals=2))
     assert (lat[0], lon[0]) == (48.86, 2.35)

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.rules.columns import batch_from_events
-from pipeline.rules.loader import RuleSet
-from pipeline.rules.router import Router
-from pipeline.rules.schema import RetryPolicy, WebhookTarget
-from pipeline.rules.webhook import SIGNATURE_HEADER, WebhookSender, sign, verify_signature
+from pipeline.core.rules.columns import batch_from_events
+from pipeline.core.rules.loader import RuleSet
+from pipeline.core.rules.router import Router
+from pipeline.core.rules.schema import RetryPolicy, WebhookTarget
+from pipeline.core.rules.webhook import SIGNATURE_HEADER, WebhookSender, sign, verify_signature
 
 from .conftest import VIN, event
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import RawRecord
+from pipeline.core.batch import RawRecord
 from pipeline.runtime.align import Aligner
 
 S, G = "sensor", "gps"

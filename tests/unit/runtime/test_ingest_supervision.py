@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline.batch import RawRecord
-from pipeline.config import Settings
-from pipeline.core import Core
+from pipeline.core.batch import RawRecord
+from pipeline.core.process import Core
 from pipeline.runtime.ingest import BatchIngest
+from pipeline.runtime.settings import Settings
 
 
 def ingest() -> BatchIngest:
@@ -319,7 +319,7 @@ def test_forgotten_cleaning_history_is_counted_and_logged(caplog: Any) -> None:
     and a warning (their next frames are judged without history)."""
     import logging
 
-    from pipeline import metrics
+    from pipeline.runtime import metrics
     from pipeline.runtime.ingest import Batch
     from tests.unit.runtime.test_plan import fleet_records
 

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.batch import RawRecord
-from pipeline.config import Settings
-from pipeline.core import Core
-from pipeline.events import read_event
+from pipeline.core.batch import RawRecord
+from pipeline.core.events import read_event
+from pipeline.core.process import Core
 from pipeline.runtime.plan import commit_offsets, plan_outputs
-from pipeline.simulate import FleetSimulator, SimConfig, to_record
+from pipeline.runtime.settings import Settings
+from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
 
 DLQ = "test.dlq"
 
@@ -102,7 +102,7 @@ def test_the_same_result_plans_the_same_bytes(result: Any) -> None:
 def test_dead_letters_and_state_changes_are_part_of_the_plan(result: Any) -> None:
     bad = RawRecord("vehicle.sensor.raw", 0, 10_000, b"VIN", b"{not json", (("ce_specversion", b"1.0"),))
     res = core().process([bad])
-    from pipeline.sinks import OutMessage
+    from pipeline.runtime.sinks import OutMessage
 
     state = [OutMessage("app-handler-state", b"trips/VIN", b"{}", [], partition=0)]
     plan = plan_outputs(res, dlq_topic=DLQ, state_messages=state)
@@ -138,7 +138,7 @@ def test_events_that_break_a_routes_policy_go_once_each_to_its_dead_letter_targe
 
     import yaml
 
-    from pipeline.rules import Router, load_rules
+    from pipeline.core.rules import Router, load_rules
 
     folder = Path(tempfile.mkdtemp()) / "routes"
     folder.mkdir()

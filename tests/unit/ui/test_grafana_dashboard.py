@@ -11,9 +11,9 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline.config import REPO_ROOT
+from pipeline.runtime.settings import REPO_ROOT
 
-MONITORING = REPO_ROOT / "pipeline" / "ui" / "monitoring"
+MONITORING = REPO_ROOT / "pipeline" / "tools" / "ui" / "monitoring"
 
 # Grafana's dashboard model (schemaVersion 39), the parts provisioning and these panels rely on.
 DATASOURCE = {"type": "object", "required": ["type", "uid"],
@@ -57,8 +57,8 @@ def dashboard() -> dict:
 
 
 def metric_names() -> set[str]:
-    import pipeline.metrics  # noqa: F401 - registers the workers' metrics in the default registry
-    from pipeline.autoscale import AutoscaleMetrics
+    import pipeline.runtime.metrics  # noqa: F401 - registers the workers' metrics in the default registry
+    from pipeline.tools.autoscale import AutoscaleMetrics
 
     names: set[str] = set()
     for registry in (REGISTRY, AutoscaleMetrics(CollectorRegistry()).registry):
@@ -107,7 +107,7 @@ def test_provisioning_and_compose_agree(dashboard: dict) -> None:
     grafana = compose["services"]["grafana"]
     provider = yaml.safe_load((MONITORING / "grafana-dashboards.yml").read_text())["providers"][0]
     mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
-    assert mounts["./pipeline/ui/monitoring/pipeline-dashboard.json"].startswith(provider["options"]["path"])
+    assert mounts["./pipeline/tools/ui/monitoring/pipeline-dashboard.json"].startswith(provider["options"]["path"])
     for source in mounts:
         assert (REPO_ROOT / source).exists(), source
     assert compose["services"]["prometheus"]["profiles"] == grafana["profiles"] == ["monitoring"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline.events import encode_frame
-from pipeline.ui.collect import (
+from pipeline.core.events import encode_frame
+from pipeline.tools.ui.collect import (
     OPERATOR_POLICY,
     by_label,
     dead_letter_example,
@@ -88,9 +88,9 @@ def test_a_running_autoscalers_decision_is_read_from_its_metrics() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from pipeline.autoscale import AutoscaleMetrics, Decision
-    from pipeline.config import Settings
-    from pipeline.ui.collect import Collector, UiOptions
+    from pipeline.runtime.settings import Settings
+    from pipeline.tools.autoscale import AutoscaleMetrics, Decision
+    from pipeline.tools.ui.collect import Collector, UiOptions
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

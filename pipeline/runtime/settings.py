@@ -1,0 +1,168 @@
+"""Typed settings read from the environment (and an optional `.env`), defaults for local services."""
+
+from __future__ import annotations
+
+import ssl
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.core.paths import DLQ_TOPIC, REPO_ROOT, ROUTE_TOPIC_PREFIX
+
+__all__ = ["DLQ_TOPIC", "REPO_ROOT", "ROUTE_TOPIC_PREFIX", "Settings", "get_settings"]
+
+
+
+class Settings(BaseSettings):
+    """Every connection and topology setting of a worker, one place, typed.
+
+    Names are the environment variables, case-insensitive (``KAFKA_BOOTSTRAP=...``).
+    Secrets are `SecretStr`: they never appear in reprs, logs or `pipeline config`.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS.")
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    # --- Object store ------------------------------------------------------------------------
+    s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 endpoint URL (MinIO, S3Proxy, AWS).")
+    s3_access_key: str = "pipeline"
+    s3_secret_key: SecretStr = SecretStr("pipeline-secret")
+    s3_bucket: str = "telemetry"
+    s3_region: str = "us-east-1"
+    s3_secure: bool | None = Field(None, description="Force TLS on/off; default follows the endpoint scheme.")
+    s3_cert_check: bool = True
+
+    # --- Topology ----------------------------------------------------------------------------
+    app_id: str = Field("telemetry-pipeline", description="Faust app id = Kafka consumer group.")
+    topic_sensor: str = "vehicle.sensor.raw"
+    topic_gps: str = "vehicle.gps.raw"
+    topic_dlq: str = DLQ_TOPIC
+    topic_prefix_route: str = ROUTE_TOPIC_PREFIX
+    partitions: int = Field(6, ge=1, description="Partition count of the ingest topics (ceiling on worker parallelism).")
+    replication_factor: int = Field(1, ge=1)
+    topic_retention_ms: int = Field(
+        -1, ge=-1,
+        description="retention.ms of topics the worker creates. Replays carry their recorded (past) "
+        "timestamps, which time-based retention deletes on arrival; -1 keeps by size only.")
+
+    # --- Worker ------------------------------------------------------------------------------
+    batch_size: int = Field(
+        4000, ge=1, description="Most records per core batch. Larger batches amortise per-batch costs (objects, "
+        "handler set-up); a batch is formed as soon as the core is free, so at low rates batches stay small.")
+    batch_wait_s: float = Field(0.2, gt=0, description="Longest a ready record waits for its batch to fill.")
+    max_inflight_batches: int = Field(
+        4, ge=1, description="Batches between assembly and commit at once: the bound on memory and the "
+        "backpressure (a slow store slows consumption).")
+    put_concurrency: int = Field(16, ge=1, description="Object PUTs in flight at once.")
+    fetch_max_records: int = Field(2000, ge=1, description="Most records one fetch hands to the batch path.")
+    fetch_max_partition_bytes: int = Field(4 << 20, ge=1 << 16, description="Most bytes a fetch returns per partition.")
+    fetch_min_bytes: int = Field(
+        256 << 10, ge=1, description="Bytes the broker gathers before it answers a fetch (or fetch_max_wait_ms passes).")
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, le=1500, description="Longest the broker holds a fetch waiting for fetch_min_bytes.")
+    plan_in_process: bool = Field(
+        True, description="Encode output plans (Parquet, manifests, routed events) in a process of their own, "
+        "in parallel with the core; false: in a thread of the worker.")
+    encoder_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of the encoder process (Parquet, manifests). Its work is off the "
+        "path of routed events: at a lower priority it yields the CPU to decoding and the core, so routed "
+        "events wait less for a busy host, and the objects a little more (0: same priority as the worker).")
+    decode_in_process: bool = Field(
+        True, description="Decode frames in a process of their own, one batch ahead of the core; false: "
+        "in the core's thread.")
+    gil_switch_interval_s: float = Field(
+        0.005, gt=0, description="Python's thread switch interval in the worker (sys.setswitchinterval); "
+        "0.0005 suits PLAN_IN_PROCESS=false, where the encoder is a thread beside the core.")
+    gc_gen0_threshold: int = Field(
+        50_000, ge=0, description="Allocations between the worker's young-generation garbage collections "
+        "(Python's default 700; 0 keeps Python's thresholds).")
+    align_max_wait_ms: int = Field(
+        500, ge=0, description="How long a partition's leading ingest topic is held back for the other to "
+        "deliver (as Kafka Streams' max.task.idle.ms); then the quiet topic counts as idle.")
+    align_max_buffered: int = Field(
+        5000, ge=10, description="Records buffered per topic-partition before its fetching pauses.")
+    revoke_timeout_s: float = Field(
+        8.0, gt=0, description="On a rebalance, how long in-flight batches may take to become durable before "
+        "they are left for the next owner (keep it under the 10 s session timeout).")
+    vehicle_idle_timeout_s: float = Field(
+        600.0, gt=0, description="Processing time without frames after which a vehicle gets an idle signal "
+        "(trips end with reason `silent`, open sessions close).")
+    max_frame_bytes: int = Field(1_000_000, ge=1024, description="Frames larger than this are dead-lettered as oversized.")
+    metrics_port: int = Field(9100, ge=0, description="Prometheus endpoint port (0 = off).")
+    web_port: int = Field(6066, ge=0, description="Faust web port.")
+    handlers_enabled: bool = Field(True, description="Run the function handlers in functions/.")
+    rules_enabled: bool = Field(True, description="Route derived events by the rules in rules/routes/.")
+    rules_dir: Path = REPO_ROOT / "rules"
+    functions_dir: Path = REPO_ROOT / "functions"
+    data_dir: Path = Field(REPO_ROOT / ".services" / "worker", description="Faust table state folder.")
+    hmac_secret: SecretStr = Field(SecretStr("local-dev-pseudonym-key"), description="Key for pseudonyms in rules (PIPELINE_HMAC_SECRET).", alias="PIPELINE_HMAC_SECRET")
+    log_level: str = "INFO"
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def s3_host(self) -> str:
+        return self.s3_endpoint.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def s3_use_tls(self) -> bool:
+        if self.s3_secure is not None:
+            return self.s3_secure
+        return self.s3_endpoint.startswith("https://")
+
+    @property
+    def ingest_topics(self) -> tuple[str, str]:
+        return (self.topic_sensor, self.topic_gps)
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients: bootstrap, TLS and SASL passed through."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+            if self.kafka_ssl_certfile:
+                ctx.load_cert_chain(str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None)
+            kwargs["ssl_context"] = ctx
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return kwargs
+
+    def minio_client(self) -> Any:
+        """A `minio.Minio` client for the configured endpoint (TLS per `s3_use_tls`)."""
+        from minio import Minio
+
+        return Minio(
+            self.s3_host,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key.get_secret_value(),
+            secure=self.s3_use_tls,
+            region=self.s3_region,
+            cert_check=self.s3_cert_check,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to print: secrets shown as '**********'."""
+        return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

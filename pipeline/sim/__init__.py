@@ -1,4 +1,0 @@
-"""The fleet simulator's parts: road network, vehicle model, signal sampling, faults, truth file.
-
-The entry point is `pipeline.simulate` (FleetSimulator, simulate_to_recording, load_truth).
-"""
