@@ -266,7 +266,7 @@ class Core:
         runtime's `vehicle_idle_timeout_s`. Stateful handlers close what those vehicles had open
         (trips end with reason `silent`); their events are routed like any others. The records
         were accounted for by the batch that held them: the result has no readings."""
-        from pipeline.core.handlers import silent_batch
+        from pipeline.core.handlers.runner import silent_batch
 
         clean = silent_batch([(r.key or b"").decode("utf-8", "replace") for r in records], records)
         result = BatchResult.without_readings(records, clean=clean)

@@ -1,7 +1,8 @@
 """In-memory helpers to test handlers without Kafka: build batches, run handlers, read events.
 
+Handler authors import them from `pipeline.core.handlers` (the public API):
 ```python
-from pipeline.core.handlers.testing import HandlerHarness
+from pipeline.core.handlers import HandlerHarness
 h = HandlerHarness(my_handler, config={"my_handler": {"limit": 3}})
 out = h.run({"VIN1": {"Vehicle.Speed": ([0, 1000, 2000], [10, 20, 30])}})
 assert out.events_of("fleet.x.y")[0]["vin"] == "VIN1"

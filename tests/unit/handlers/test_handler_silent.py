@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 
 from pipeline.core.batch import RawRecord, deterministic_id
-from pipeline.core.handlers import HandlerContext, HandlerInput, handler, silent_batch
-from pipeline.core.handlers.runner import HandlerRunner
-from pipeline.core.handlers.testing import HandlerHarness, make_readings
+from pipeline.core.handlers import (
+    HandlerContext,
+    HandlerHarness,
+    HandlerInput,
+    handler,
+    make_readings,
+)
+from pipeline.core.handlers.runner import HandlerRunner, silent_batch
 
 SPEED = "Vehicle.Speed"
 seen: dict[str, Any] = {}
