@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.handlers import import_file
 from pipeline.core.handlers.config import load_handler_config
-from pipeline.core.handlers.loader import import_file
 from pipeline.core.handlers.registry import HandlerSpec
 
 FUNCTIONS = Path(__file__).resolve().parents[3] / "functions"

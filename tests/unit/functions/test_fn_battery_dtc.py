@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.handlers.testing import HandlerHarness
+from pipeline.core.handlers import HandlerHarness
 
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 V12 = "Vehicle.LowVoltageBattery.CurrentVoltage"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.handlers.config import Zone
-from pipeline.core.handlers.testing import HandlerHarness
+from pipeline.core.handlers import HandlerHarness, Zone
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 IS_CHARGING = "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.handlers import HandlerHarness
 from pipeline.core.handlers.loader import load_functions
-from pipeline.core.handlers.testing import HandlerHarness
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.handlers.testing import HandlerHarness
+from pipeline.core.handlers import HandlerHarness
 
 SPEED, ODO = "Vehicle.Speed", "Vehicle.TraveledDistance"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
