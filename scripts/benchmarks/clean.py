@@ -3,7 +3,7 @@ over the straightforward per-reading implementation of the same rules.
 
 Traffic comes from the fleet simulator (default fault rates), encoded as Kafka records
 and decoded by `events.decode_records` into batches of about `--batch` readings; only
-`Cleaner.clean` is timed. The reference (`pipeline.core.clean.reference`) cleans the first
+`Cleaner.clean` is timed. The reference (`tests.oracles.clean`) cleans the first
 batches in the same run, and their outcomes are compared with the vectorised ones.
 
     .venv/bin/python scripts/benchmarks/clean.py [--vehicles 2000 --duration 300 --json]
@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from pipeline.core.batch import RawRecord, Readings  # noqa: E402
 from pipeline.core.catalog import load_catalog  # noqa: E402
 from pipeline.core.clean import Cleaner, load_cleaning_config  # noqa: E402
-from pipeline.core.clean.reference import ReferenceCleaner  # noqa: E402
 from pipeline.core.events import decode_records  # noqa: E402
+from tests.oracles.clean import ReferenceCleaner  # noqa: E402
 
 
 def simulated_batches(vehicles: int, duration_s: float, seed: int, batch_readings: int) -> list[Readings]:
