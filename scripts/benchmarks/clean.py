@@ -200,6 +200,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def title_of(name: str, baseline: str) -> str:
+    return f"baseline {baseline}" if name == "baseline" else name
+
+
 def compare(args: argparse.Namespace) -> None:
     """This tree against `args.baseline`, alternating rounds, best readings/s of each.
 
@@ -218,17 +222,19 @@ def compare(args: argparse.Namespace) -> None:
         trees = {"baseline": Path(tmp), "this tree": root}
         for _ in range(args.rounds):
             for name, tree in trees.items():
-                out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common],
-                                     check=True, capture_output=True, text=True, cwd=tree,
-                                     env={**os.environ, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}).stdout
-                vec = json.loads(out.splitlines()[-1])["vectorised"]
+                proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common],
+                                      capture_output=True, text=True, cwd=tree,
+                                      env={**os.environ, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)})
+                if proc.returncode != 0:  # its traceback, not just an exit status
+                    sys.exit(f"the benchmark of {title_of(name, args.baseline)} failed "
+                             f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                vec = json.loads(proc.stdout.splitlines()[-1])["vectorised"]
                 rates[name].append(vec["readings_per_s"])
                 cpu[name].append(vec["readings_per_cpu_s"])
     print(f"cleaning, best of {args.rounds} alternating rounds ({args.vehicles} vehicles, {args.duration:.0f} s):")
     for label, numbers in (("readings/s", rates), ("readings/CPU-s", cpu)):
         for name in ("baseline", "this tree"):
-            title = f"baseline {args.baseline}" if name == "baseline" else name
-            print(f"  {title}: {max(numbers[name]):,} {label}   "
+            print(f"  {title_of(name, args.baseline)}: {max(numbers[name]):,} {label}   "
                   f"(rounds: {', '.join(f'{r:,}' for r in numbers[name])})")
         print(f"  this tree / baseline ({label}): {max(numbers['this tree']) / max(numbers['baseline']):.3f}")
 
