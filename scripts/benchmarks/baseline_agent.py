@@ -3,7 +3,7 @@
 
 - `per-event` (default), the baseline: a plain Faust agent that, for every event, decodes
   its one record and cleans it with the per-reading implementation of the same rules
-  (`pipeline.core.clean.reference.ReferenceCleaner`). No handlers, no rules, no sinks: Faust
+  (`tests.oracles.clean.ReferenceCleaner`). No handlers, no rules, no sinks: Faust
   acks each event as the loop moves to the next.
 - `take`: Faust's own cost on the worker's path: `noack_take` batches of the worker's size,
   each event acked, no other work. No Faust worker can go faster on the same records.
@@ -28,10 +28,10 @@ import faust  # noqa: E402
 
 from pipeline.core.catalog import load_catalog  # noqa: E402
 from pipeline.core.clean import load_cleaning_config  # noqa: E402
-from pipeline.core.clean.reference import ReferenceCleaner  # noqa: E402
 from pipeline.core.events import decode_records  # noqa: E402
 from pipeline.runtime.app import faust_app, to_raw_record  # noqa: E402
 from pipeline.runtime.settings import Settings  # noqa: E402
+from tests.oracles.clean import ReferenceCleaner  # noqa: E402
 
 
 def create_app(settings: Settings, agent: str = "per-event") -> faust.App:

@@ -3,7 +3,7 @@ over the straightforward per-reading implementation of the same rules.
 
 Traffic comes from the fleet simulator (default fault rates), encoded as Kafka records
 and decoded by `events.decode_records` into batches of about `--batch` readings; only
-`Cleaner.clean` is timed. The reference (`pipeline.core.clean.reference`) cleans the first
+`Cleaner.clean` is timed. The reference (`tests.oracles.clean`) cleans the first
 batches in the same run, and their outcomes are compared with the vectorised ones.
 
     .venv/bin/python scripts/benchmarks/clean.py [--vehicles 2000 --duration 300 --json]
@@ -11,12 +11,18 @@ batches in the same run, and their outcomes are compared with the vectorised one
 With `--baseline REF` (a git commit or branch) the same benchmark of the cleaner at REF
 runs in the same invocation, alternating with this tree's for `--rounds` rounds (each in
 its own process, on the same traffic), and the best rate of each is printed side by side:
-on a shared machine only numbers from one run compare.
+on a shared machine only numbers from one run compare. REF may predate the package's
+layers (flat `pipeline.clean`, `pipeline.batch`, ...) or the move of the per-reading
+cleaner to tests/oracles: the script imports either layout, only from REF's tree, and uses
+REF's own per-reading cleaner where it has one (else this tree's).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,21 +32,90 @@ import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
 # BENCH_TREE: another checkout whose `pipeline` is measured by this script (--baseline)
-sys.path.insert(0, os.environ.get("BENCH_TREE") or str(Path(__file__).resolve().parents[2]))
+TREE = Path(os.environ.get("BENCH_TREE") or ROOT)
+sys.path.insert(0, str(TREE))
+
+
+class TreeOnly:
+    """`pipeline` and its modules come from the measured tree or not at all: an editable
+    install of another checkout (its finder comes later on sys.meta_path) would otherwise
+    fill in the modules that tree lacks, and another tree's code would be measured."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "pipeline" and not name.startswith("pipeline."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r} in {TREE}", name=name)
+        return spec
+
+
+sys.meta_path.insert(0, TreeOnly())  # type: ignore[arg-type]
 
 import numpy as np  # noqa: E402
 
-from pipeline.core.batch import RawRecord, Readings  # noqa: E402
-from pipeline.core.catalog import load_catalog  # noqa: E402
-from pipeline.core.clean import Cleaner, load_cleaning_config  # noqa: E402
-from pipeline.core.clean.reference import ReferenceCleaner  # noqa: E402
-from pipeline.core.events import decode_records  # noqa: E402
+
+def missing(error: ModuleNotFoundError, name: str) -> bool:
+    """Whether `error` says that module `name` itself (or a package on its path) is not there,
+    rather than that something it imports is missing."""
+    return bool(error.name) and (name == error.name or name.startswith(f"{error.name}."))
+
+
+# The measured tree may be a checkout from before `pipeline` was split into layers (flat
+# `pipeline.batch`, `pipeline.clean`, ...): the layered modules first, else the flat ones.
+try:
+    from pipeline.core.batch import RawRecord, Readings
+    from pipeline.core.catalog import load_catalog
+    from pipeline.core.clean import Cleaner, load_cleaning_config
+    from pipeline.core.events import decode_records
+except ModuleNotFoundError as e:
+    if not missing(e, "pipeline.core.batch"):
+        raise
+    from pipeline.batch import RawRecord, Readings  # type: ignore[no-redef]
+    from pipeline.catalog import load_catalog  # type: ignore[no-redef]
+    from pipeline.clean import Cleaner, load_cleaning_config  # type: ignore[no-redef]
+    from pipeline.events import decode_records  # type: ignore[no-redef]
+
+# Where the measured tree keeps its per-reading cleaner: with the tests, or (before they
+# left the package) in the layered or in the flat package.
+ORACLES = ("tests.oracles.clean", "pipeline.core.clean.reference", "pipeline.clean.reference")
+
+
+def reference_cleaner() -> Any:
+    """The measured tree's `ReferenceCleaner` where it has one, else this tree's."""
+    for name in ORACLES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError as e:
+            if not missing(e, name):
+                raise
+            continue
+        # in the measured tree, not in another tree's tests/ that happens to be on the path
+        if spec and spec.origin and Path(spec.origin).resolve().is_relative_to(TREE.resolve()):
+            return importlib.import_module(name).ReferenceCleaner
+    # from its file: the measured tree's own `tests` package would hide this tree's
+    spec = importlib.util.spec_from_file_location("bench_oracle_clean", ROOT / "tests" / "oracles" / "clean.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module.ReferenceCleaner
+
+
+ReferenceCleaner = reference_cleaner()
 
 
 def simulated_batches(vehicles: int, duration_s: float, seed: int, batch_readings: int) -> list[Readings]:
     """Decoded batches of about `batch_readings` readings, in arrival order."""
-    from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
+    try:
+        from pipeline.tools.simulate import FleetSimulator, SimConfig, to_record
+    except ModuleNotFoundError as e:  # the flat layout
+        if not missing(e, "pipeline.tools.simulate"):
+            raise
+        from pipeline.simulate import FleetSimulator, SimConfig, to_record  # type: ignore[no-redef]
 
     config = SimConfig(vehicles=vehicles, duration_s=duration_s, seed=seed)
     sim = FleetSimulator(config)
@@ -125,13 +200,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def title_of(name: str, baseline: str) -> str:
+    return f"baseline {baseline}" if name == "baseline" else name
+
+
 def compare(args: argparse.Namespace) -> None:
     """This tree against `args.baseline`, alternating rounds, best readings/s of each.
 
     Both are measured by this script (the baseline's `pipeline` on the path instead), so
     only the cleaner differs; CPU time is shown too, steadier than wall time on a busy host.
     """
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     common = ["--vehicles", str(args.vehicles), "--duration", str(args.duration), "--seed", str(args.seed),
               "--batch", str(args.batch), "--reference-batches", "1", "--json"]
     rates: dict[str, list[int]] = {"baseline": [], "this tree": []}
@@ -143,17 +222,19 @@ def compare(args: argparse.Namespace) -> None:
         trees = {"baseline": Path(tmp), "this tree": root}
         for _ in range(args.rounds):
             for name, tree in trees.items():
-                out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common],
-                                     check=True, capture_output=True, text=True, cwd=tree,
-                                     env={**os.environ, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}).stdout
-                vec = json.loads(out.splitlines()[-1])["vectorised"]
+                proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common],
+                                      capture_output=True, text=True, cwd=tree,
+                                      env={**os.environ, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)})
+                if proc.returncode != 0:  # its traceback, not just an exit status
+                    sys.exit(f"the benchmark of {title_of(name, args.baseline)} failed "
+                             f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                vec = json.loads(proc.stdout.splitlines()[-1])["vectorised"]
                 rates[name].append(vec["readings_per_s"])
                 cpu[name].append(vec["readings_per_cpu_s"])
     print(f"cleaning, best of {args.rounds} alternating rounds ({args.vehicles} vehicles, {args.duration:.0f} s):")
     for label, numbers in (("readings/s", rates), ("readings/CPU-s", cpu)):
         for name in ("baseline", "this tree"):
-            title = f"baseline {args.baseline}" if name == "baseline" else name
-            print(f"  {title}: {max(numbers[name]):,} {label}   "
+            print(f"  {title_of(name, args.baseline)}: {max(numbers[name]):,} {label}   "
                   f"(rounds: {', '.join(f'{r:,}' for r in numbers[name])})")
         print(f"  this tree / baseline ({label}): {max(numbers['this tree']) / max(numbers['baseline']):.3f}")
 

@@ -2,7 +2,7 @@
 
 Runs the vectorised router on synthetic batches of derived events (the event types of the
 shared vocabulary, mixed) through the 6 shipped routes plus 14 more realistic ones, and a
-per-event interpreter of the very same rules (`pipeline.core.rules.reference`, dict walking)
+per-event interpreter of the very same rules (`tests.oracles.rules`, dict walking)
 in the same process, then prints both rates and their ratio.
 
     .venv/bin/python scripts/benchmarks/rules.py [--batch 100000] [--batches 5] [--json]
@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core.rules.columns import events_from_batch  # noqa: E402
 from pipeline.core.rules.loader import DEFAULT_RULES_DIR, RuleSet, load_rules  # noqa: E402
-from pipeline.core.rules.reference import route_events  # noqa: E402
 from pipeline.core.rules.router import Router  # noqa: E402
 from pipeline.core.rules.sample import synthetic_events  # noqa: E402
+from tests.oracles.rules import route_events  # noqa: E402
 
 EXTRA_ROUTES = """\
 routes:

@@ -8,7 +8,7 @@ import pytest
 from pipeline.core.catalog import load_catalog
 from pipeline.core.clean import Cleaner, CleanResult, load_cleaning_config
 from pipeline.core.clean.config import SpikeRule, StuckRule
-from pipeline.core.clean.reference import ReferenceCleaner
+from tests.oracles.clean import ReferenceCleaner
 from tests.unit.test_clean_support import (
     ACC,
     ACCEL,

@@ -14,8 +14,8 @@ from pipeline.core.clean import (
     parse_cleaning_config,
 )
 from pipeline.core.clean.config import StuckRule
-from pipeline.core.clean.reference import ReferenceCleaner
 from pipeline.core.errors import ConfigError
+from tests.oracles.clean import ReferenceCleaner
 from tests.unit.test_clean_support import ACCEL, SOC, SPEED, frame, readings_of, seconds
 
 VIN = "VF1AAAAA000000001"

@@ -21,15 +21,15 @@ OVER = {"core/clean/cleaner.py": 1086, "runtime/ingest.py": 871, "tools/sim/flee
         "tools/simulate.py": 678}
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
-    """Every `pipeline...` module a file imports, wherever the import statement is."""
+def imports_of(path: Path, top: str = "pipeline") -> list[tuple[int, str]]:
+    """Every `pipeline...` (or other `top`) module a file imports, wherever the import is."""
     out: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            out += [(node.lineno, n) for n in names if n.startswith("pipeline")]
+            out += [(node.lineno, n) for n in names if n.startswith(top)]
         elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("pipeline")]
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith(top)]
     return out
 
 
@@ -52,6 +52,14 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from pipeline.runtime.settings import Settings\n    import pipeline.tools.quality\n")
     assert [n for _, n in imports_of(bad)] == ["pipeline.runtime.settings", "pipeline.runtime.settings.Settings",
                                                 "pipeline.tools.quality"]
+
+
+def test_the_package_imports_nothing_from_the_tests() -> None:
+    """The test oracles (tests/oracles) and other test code do not ship with the package."""
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+           for path in sorted(PACKAGE.rglob("*.py")) for line, name in imports_of(path, "tests")
+           if name == "tests" or name.startswith("tests.")]
+    assert bad == []
 
 
 def test_every_module_sits_in_a_layer() -> None:

@@ -14,10 +14,10 @@ from pipeline.core.batch import EventBatch
 from pipeline.core.errors import ConfigError
 from pipeline.core.rules.columns import batch_from_events, events_from_batch
 from pipeline.core.rules.loader import RuleSet, load_rules
-from pipeline.core.rules.reference import route_events
 from pipeline.core.rules.router import Router
 from pipeline.core.rules.sample import synthetic_events
 from pipeline.core.rules.schema import TopicTarget
+from tests.oracles.rules import route_events
 
 from .conftest import event
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from pipeline.core.rules.columns import batch_from_events, events_from_batch
 from pipeline.core.rules.loader import RuleSet
-from pipeline.core.rules.reference import route_events
 from pipeline.core.rules.router import Router
 from pipeline.core.rules.transform import coarsen_coordinates
+from tests.oracles.rules import route_events
 
 from .conftest import VIN, event
 

@@ -2,7 +2,7 @@
 
 Dicts, deques and `statistics` instead of arrays: the specification the vectorised
 `Cleaner` is checked against (same outcomes on the same batches) and the baseline its
-speed is measured against. Not used on the hot path.
+speed is measured against. Kept with the tests: the installed package does not ship it.
 """
 
 from __future__ import annotations
