@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.batch import Readings
-from pipeline.core.clean.cleaner import (
+from pipeline.core.clean.clock import ClockHistory, judge_vehicle
+from pipeline.core.clean.config import CleaningConfig
+from pipeline.core.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
+from pipeline.core.clean.outcomes import (
     CLOCK_SKEW,
     DUPLICATE,
     FUTURE_TIMESTAMP,
@@ -23,7 +26,6 @@ from pipeline.core.clean.cleaner import (
     GPS_OUT_OF_BOUNDS,
     GPS_POOR_ACCURACY,
     KEPT,
-    MAD_TO_SIGMA,
     NON_FINITE,
     OUT_OF_RANGE,
     RATE_OF_CHANGE,
@@ -37,9 +39,7 @@ from pipeline.core.clean.cleaner import (
     UNIT_UNCONVERTIBLE,
     UNKNOWN_SIGNAL,
 )
-from pipeline.core.clean.clock import ClockHistory, judge_vehicle
-from pipeline.core.clean.config import CleaningConfig
-from pipeline.core.clean.gps import M_PER_DEG, TrackRules, resolve_vehicle
+from pipeline.core.clean.spikes import MAD_TO_SIGMA
 from pipeline.core.clean.stuck import ONSET_SHARE
 
 

@@ -21,6 +21,19 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.core.batch import Readings
+from pipeline.core.clean.config import CleaningConfig
+from pipeline.core.clean.groups import starts_of
+from pipeline.core.clean.outcomes import CLOCK_SKEW
+from pipeline.core.clean.state import NO_T, VehicleState
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+CodeArray = npt.NDArray[np.int8]
+
 
 @dataclass(slots=True)
 class ClockHistory:
@@ -99,3 +112,117 @@ def judge_vehicle(frames: Sequence[int], seq: Sequence[int], sent: Sequence[int]
         offset = estimate
         offset_seq = max(offset_seq, seq[f])
     return ClockVerdict(shift, dropped, ClockHistory(offset, offset_seq, trusted_seq, trusted_sent))
+
+
+REASONS = ("dropped.clock_skew",)  # and the repair `repaired.clock_skew`
+
+
+class ClockCheck:
+    """Clock skew (repaired or dropped, `_skew`) and clocks that went back (`_behind`),
+    with `time` in `rules/cleaning.yaml`; the history of each vehicle's clock is kept in
+    `VehicleState`."""
+
+    def __init__(self, cfg: CleaningConfig, state: VehicleState) -> None:
+        self.config = cfg
+        self.state = state
+
+    def skew(self, readings: Readings, vehicle_slot: IntArray,
+                    code: CodeArray) -> tuple[IntArray, IntArray, BoolArray | None]:
+        """Repair or drop frames whose vehicle clock is off by more than `max_clock_skew_s`.
+
+        Returns the readings' times and the frames' send times with repairs applied, and
+        which readings were repaired (None: none). Only the vehicles with a frame beyond
+        the bound, or a skew episode open in history, are walked (`clock.judge_vehicle`).
+        """
+        frames = readings.frames
+        tcfg = self.config.time
+        t, sent = readings.t, frames.sent_at
+        if tcfg.max_clock_skew_s is None or not len(frames) or not len(readings):
+            return t, sent, None
+        max_skew = int(tcfg.max_clock_skew_s * 1000)
+        state = self.state
+        fslot = vehicle_slot[frames.vehicle]
+        received = frames.received_at
+        odd = (received > 0) & (np.abs(sent - received) > max_skew)
+        look = odd | (state.clock_offset[fslot] != NO_T)
+        if not look.any():
+            return t, sent, None
+        judged = np.flatnonzero(np.isin(frames.vehicle, frames.vehicle[look]))
+        # plain lists indexed by frame, filled only for the frames judged (few)
+        seq_l, sent_l, recv_l = [0] * len(frames), [0] * len(frames), [0] * len(frames)
+        by_vehicle: dict[int, list[int]] = {}
+        for f, v, q, sa, r in zip(judged.tolist(), frames.vehicle[judged].tolist(), frames.seq[judged].tolist(),
+                                  sent[judged].tolist(), received[judged].tolist(), strict=True):
+            seq_l[f], sent_l[f], recv_l[f] = q, sa, r
+            by_vehicle.setdefault(v, []).append(f)
+        shift = np.zeros(len(frames), dtype=np.int64)
+        dropped = np.zeros(len(frames), dtype=bool)
+        no_seq = np.iinfo(np.int64).min
+        for v, fs in by_vehicle.items():  # few: vehicles with a skewed or late frame
+            slot = int(vehicle_slot[v])
+            h_off, h_seq = int(state.clock_offset[slot]), int(state.clock_offset_seq[slot])
+            t_seq, t_sent = int(state.clock_seq[slot]), int(state.clock_sent[slot])
+            verdict = judge_vehicle(
+                fs, seq_l, sent_l, recv_l,
+                ClockHistory(None if h_off == NO_T else h_off, h_seq,
+                             None if t_seq == no_seq else t_seq, None if t_sent == NO_T else t_sent),
+                max_skew, tcfg.clock_agree_ms, tcfg.max_clock_step_back_ms or 0)
+            for f, s in verdict.shift.items():
+                shift[f] = s
+            dropped[verdict.dropped] = True
+            after = verdict.history
+            state.clock_offset[slot] = NO_T if after.offset is None else after.offset
+            state.clock_offset_seq[slot] = after.offset_seq
+        if dropped.any():
+            code[dropped[readings.frame] & (code == 0)] = CLOCK_SKEW
+        if not shift.any():
+            return t, sent, None
+        row_shift = shift[readings.frame]
+        return t - row_shift, sent - shift, row_shift != 0
+
+    def behind(self, readings: Readings, sent: IntArray, vehicle_slot: IntArray, code: CodeArray,
+                      resent: BoolArray) -> None:
+        """Drop readings of frames whose vehicle clock went back: a newer frame (higher seq)
+        sent more than `max_clock_step_back_ms` before an older one (a late or reordered
+        frame has a lower seq and is not affected). Resends and frames stamped in the
+        future are not judged; only frames not sent after they arrived set the pace (a
+        clock running ahead must not make the frames after it look late). The history
+        keeps the newest such frame.
+        """
+        frames = readings.frames
+        back = self.config.time.max_clock_step_back_ms
+        nf = len(frames)
+        if not nf or back is None:
+            return
+        state = self.state
+        fslot = vehicle_slot[frames.vehicle]
+        seq, received = frames.seq, frames.received_at
+        stamped = received > 0
+        ahead = stamped & (sent > received + self.config.time.max_future_vs_ingest_ms)
+        judged = ~resent & ~ahead
+        # only frames sent no later than they arrived (within the tolerance) set the pace
+        pace = judged & ~(stamped & (sent > received + back))
+        order = np.lexsort((seq, fslot))
+        o_slot, o_seq, o_sent, o_judged = fslot[order], seq[order], sent[order], judged[order]
+        o_pace = pace[order]
+        new = starts_of(o_slot)
+        base = int(o_sent.min())
+        span = max(int(o_sent.max()) - base, 1).bit_length() + 1
+        offset = (np.cumsum(new) - 1).astype(np.int64) << span
+        latest = np.maximum.accumulate(offset + np.where(o_pace, o_sent - base, -1)) - offset
+        before = np.full(nf, -1, dtype=np.int64)  # newest judged send time among lower seqs
+        before[1:] = np.where(new[1:], -1, latest[:-1])
+        reference = np.where(before >= 0, before + base, NO_T)
+        h_seq, h_sent = state.clock_seq[o_slot], state.clock_sent[o_slot]
+        from_history = (h_sent != NO_T) & (o_seq > h_seq)
+        reference = np.where(from_history, np.maximum(reference, h_sent), reference)
+        behind = o_judged & (reference != NO_T) & (o_sent < reference - back)
+        if behind.any():
+            frame_behind = np.zeros(nf, dtype=bool)
+            frame_behind[order[behind]] = True
+            code[frame_behind[readings.frame] & (code == 0)] = CLOCK_SKEW
+        trusted = o_pace & ~behind
+        if trusted.any():
+            ts, tq, tt = o_slot[trusted], o_seq[trusted], o_sent[trusted]
+            np.maximum.at(state.clock_seq, ts, tq)
+            np.maximum.at(state.clock_sent, ts, tt)

@@ -204,10 +204,19 @@ class StuckCheckSpec:
     path: tuple[str, ...]
 
 
+# The checks, in the order they run. Those on each reading in input order come first, in
+# this order (each needs the one before: times are repaired before they are judged, resends
+# found before clocks are compared); those on the rows sorted by (vehicle, signal, t)
+# follow, in any order the config gives.
+ROW_CHECKS = ("signals", "clock_skew", "timestamps", "resends", "clock_back")
+GROUP_CHECKS = ("duplicates", "range", "spikes", "gps", "rate_of_change", "stuck")
+
+
 class CleaningConfig(_Section):
     """All cleaning rules. `source` and `lines` locate keys for later (catalog) checks."""
 
     version: int = 1
+    checks: tuple[str, ...] = ROW_CHECKS + GROUP_CHECKS
     time: TimeRules = TimeRules()
     duplicates: DuplicateRules = DuplicateRules()
     range: RangeRules = RangeRules()
@@ -237,6 +246,22 @@ class CleaningConfig(_Section):
         if self.version not in SUPPORTED_VERSIONS:
             raise ValueError(f"unsupported version {self.version}; supported: {SUPPORTED_VERSIONS}")
         return self
+
+    @field_validator("checks")
+    @classmethod
+    def _known_checks(cls, checks: tuple[str, ...]) -> tuple[str, ...]:
+        known = ROW_CHECKS + GROUP_CHECKS
+        for name in checks:
+            if name not in known:
+                raise ValueError(f"unknown check {name!r}; known: {', '.join(known)}")
+        if len(set(checks)) != len(checks):
+            raise ValueError("a check is listed twice")
+        if "signals" not in checks:
+            raise ValueError("the signals check cannot be left out (every other check needs its catalog index)")
+        rows = [c for c in checks if c in ROW_CHECKS]
+        if list(checks[:len(rows)]) != rows or rows != [c for c in ROW_CHECKS if c in rows]:
+            raise ValueError(f"the checks on each reading come first and in this order: {', '.join(ROW_CHECKS)}")
+        return checks
 
     def line_of(self, *path: str) -> int | None:
         """Line of the deepest key of `path` that the file wrote (None if none)."""

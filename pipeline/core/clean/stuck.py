@@ -19,13 +19,14 @@ from pipeline.core.clean.groups import ranges, starts_of
 from pipeline.core.clean.state import VehicleState
 
 if TYPE_CHECKING:
-    from pipeline.core.clean.cleaner import _Sorted
+    from pipeline.core.clean.rows import SortedRows as _Sorted
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 CodeArray = npt.NDArray[np.int8]
 
+REASONS = ("dropped.stuck",)
 MEASURES = ("change", "integral", "integral_abs")
 # A cross-checked run is stuck from the reading at which its reference had moved by this
 # share of `min_reference`: the held readings before agreed with the reference (a parked
