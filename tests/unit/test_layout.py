@@ -17,7 +17,7 @@ FORBIDDEN = {
 LAYERS = ("core", "runtime", "tools", "cli")
 MAX_LINES = 600
 # modules still over MAX_LINES, with the ceiling they may not grow past (to be split)
-OVER = {"core/clean/cleaner.py": 1086, "tools/sim/fleet.py": 693}
+OVER = {"core/clean/cleaner.py": 1086}
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:

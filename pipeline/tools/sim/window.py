@@ -23,7 +23,7 @@ from pipeline.tools.recording import Record
 from pipeline.tools.sim.city import RoadNetwork
 from pipeline.tools.sim.config import SimConfig
 from pipeline.tools.sim.faults import FAULT_CODE, FaultInjector, FrameTable
-from pipeline.tools.sim.fleet import CHARGING, DRIVING, FleetModel
+from pipeline.tools.sim.fleet import FleetModel
 from pipeline.tools.sim.frames import (
     _BROKEN_FROM_DICT,
     _MALFORMED,
@@ -34,6 +34,7 @@ from pipeline.tools.sim.frames import (
 )
 from pipeline.tools.sim.signals import SampleGrid, plan_signals, sample
 from pipeline.tools.sim.truth import TruthRows, frame_rows, reading_rows
+from pipeline.tools.sim.vehicles import CHARGING, DRIVING
 
 _CODE_NAME = {code: name for name, code in FAULT_CODE.items()}
 _SKEW = FAULT_CODE["clock_skew"]
