@@ -22,7 +22,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
-from pipeline.runtime.ingest import BatchIngest, GroupHandle
+from pipeline.runtime.ingest import BatchIngest
+from pipeline.runtime.ingest_batch import GroupHandle
 
 
 class BatchConsumerThread(AIOKafkaConsumerThread):

@@ -630,7 +630,7 @@ def phase_profile(run: Run, batches: list[list[RawRecord]]) -> dict[str, Any]:
 
     from pipeline.core.process import Core
     from pipeline.runtime.app import tune_gc
-    from pipeline.runtime.ingest import observe
+    from pipeline.runtime.ingest_batch import observe
     from pipeline.runtime.plan import plan_outputs
 
     logging.getLogger("pipeline").setLevel(logging.ERROR)  # dead letters would log per record

@@ -17,13 +17,14 @@ from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.events import decode_records
 from pipeline.tools.recording import Record, iter_records, read_metadata
 from pipeline.tools.sim.city import CITIES, RoadNetwork
+from pipeline.tools.sim.config import parse_start
 from pipeline.tools.sim.faults import FAULTS, parse_fault_rates
-from pipeline.tools.sim.fleet import DAY_MS, FleetModel
+from pipeline.tools.sim.fleet import FleetModel
+from pipeline.tools.sim.vehicles import DAY_MS
 from pipeline.tools.simulate import (
     FleetSimulator,
     SimConfig,
     load_truth,
-    parse_start,
     simulate_to_recording,
     to_record,
 )

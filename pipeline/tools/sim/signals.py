@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from pipeline.core.catalog import Catalog, Signal
 from pipeline.tools.sim.city import RoadNetwork
-from pipeline.tools.sim.fleet import CHARGING, DRIVING, Trace, Vehicles
+from pipeline.tools.sim.vehicles import CHARGING, DRIVING, Trace, Vehicles
 
 F64 = npt.NDArray[np.float64]
 

@@ -47,7 +47,7 @@ def test_state_restore_is_retried_until_the_changelog_answers(monkeypatch: Any) 
     async def no_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("pipeline.runtime.ingest.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("pipeline.runtime.ingest_stages.asyncio.sleep", no_sleep)
     asyncio.run(it._restore_state([record(1), record(3)]))  # noqa: SLF001
     assert it.state.restored == {1, 3}
     assert it.state.calls == 3
@@ -113,7 +113,7 @@ def test_frames_decoded_in_the_decoder_process_give_the_core_the_same_result() -
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.runtime.ingest import decode_job
+    from pipeline.runtime.ingest_procs import decode_job
     from tests.unit.runtime.test_plan import fleet_records
 
     records = fleet_records(vehicles=12, seconds=300)
@@ -231,10 +231,10 @@ def test_a_batch_waits_batch_wait_s_from_when_its_records_were_ready(monkeypatch
     import time
     from types import SimpleNamespace
 
-    import pipeline.runtime.ingest as ingest_module
+    import pipeline.runtime.ingest_stages as stages_module
 
     clock = [1000.0]  # the ingest's clock only (the event loop keeps the real one)
-    monkeypatch.setattr(ingest_module, "time", SimpleNamespace(
+    monkeypatch.setattr(stages_module, "time", SimpleNamespace(
         monotonic=lambda: clock[0], time=time.time, perf_counter=time.perf_counter))
     it = ingest()
 
@@ -274,7 +274,7 @@ def test_the_encoder_process_runs_at_the_configured_niceness() -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.runtime.ingest import warm_up
+    from pipeline.runtime.ingest_procs import warm_up
 
     base = os.nice(0)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -320,7 +320,7 @@ def test_forgotten_cleaning_history_is_counted_and_logged(caplog: Any) -> None:
     import logging
 
     from pipeline.runtime import metrics
-    from pipeline.runtime.ingest import Batch
+    from pipeline.runtime.ingest_batch import Batch
     from tests.unit.runtime.test_plan import fleet_records
 
     it = ingest()
