@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,20 +68,53 @@ Acks = Annotated[str, typer.Option(help="Producer acks: 0, 1 or all.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
-def _settings(sensor_topic: str | None, gps_topic: str | None) -> Any:
-    from pipeline.runtime.settings import get_settings
+@dataclass(frozen=True, slots=True)
+class Producing:
+    """Where and how `simulate` and `replay` produce frames: the options both take."""
 
-    settings = get_settings()
-    update = {k: v for k, v in (("topic_sensor", sensor_topic), ("topic_gps", gps_topic)) if v}
-    return settings.model_copy(update=update) if update else settings
+    sensor_topic: str | None
+    gps_topic: str | None
+    linger_ms: int
+    batch_bytes: int
+    compression: str
+    acks: str
+    as_json: bool
+
+    def settings(self) -> Any:
+        """The settings, with the topics given on the command line."""
+        from pipeline.runtime.settings import get_settings
+
+        settings = get_settings()
+        update = {k: v for k, v in (("topic_sensor", self.sensor_topic), ("topic_gps", self.gps_topic)) if v}
+        return settings.model_copy(update=update) if update else settings
+
+    def options(self) -> Any:
+        """The producer's options."""
+        from pipeline.tools.replay import ProducerOptions
+
+        return ProducerOptions(linger_ms=self.linger_ms, max_batch_bytes=self.batch_bytes,
+                               compression=None if self.compression == "none" else self.compression,
+                               acks=self.acks if self.acks == "all" else int(self.acks))
 
 
-def _options(linger_ms: int, batch_bytes: int, compression: str, acks: str) -> Any:
-    from pipeline.tools.replay import ProducerOptions
+_PRODUCING = (("sensor_topic", SensorTopic, None), ("gps_topic", GpsTopic, None), ("linger_ms", LingerMs, 20),
+              ("batch_bytes", BatchBytes, 1 << 20), ("compression", Compression, "none"), ("acks", Acks, "1"),
+              ("as_json", AsJson, False))
 
-    return ProducerOptions(linger_ms=linger_ms, max_batch_bytes=batch_bytes,
-                           compression=None if compression == "none" else compression,
-                           acks=acks if acks == "all" else int(acks))
+
+def producing(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the options of `Producing` (after its own), passed as its `produce`."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "produce"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+              for name, kind, default in _PRODUCING]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        produce = Producing(**{name: kwargs.pop(name) for name, _, _ in _PRODUCING})
+        command(produce=produce, **kwargs)
+
+    run.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    return run
 
 
 def _summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -92,6 +128,7 @@ def _summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @producing
     def simulate(
         vehicles: int = typer.Option(1000, min=1, help="Fleet size."),
         duration: float = typer.Option(600.0, min=1, help="Simulated seconds."),
@@ -111,15 +148,10 @@ def register(app: typer.Typer) -> None:
         truth: Path = typer.Option(None, help="With --to kafka: also write the truth file here."),
         rate: float = typer.Option(None, help="Target readings per second when producing (default: as fast as possible)."),
         frames_per_second: float = typer.Option(None, help="Target frames per second when producing."),
-        sensor_topic: SensorTopic = None,
-        gps_topic: GpsTopic = None,
-        linger_ms: LingerMs = 20,
-        batch_bytes: BatchBytes = 1 << 20,
-        compression: Compression = "none",
-        acks: Acks = "1",
-        as_json: AsJson = False,
         region: str = typer.Option(None, help="With --to kafka: send only the vehicles homed in this region, "
                                    "to its brokers (regions file: $REGIONS_FILE; see README Regions)."),
+        *,
+        produce: Producing,
     ) -> None:
         """Simulate a fleet (EVs and combustion cars around a city) with injected faults.
 
@@ -146,7 +178,7 @@ def register(app: typer.Typer) -> None:
             rates = parse_fault_rates(spec)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        settings = _settings(sensor_topic, gps_topic)
+        settings = produce.settings()
         settings, keep = _home_region(settings, region)
         _quiet_clients()
         config = SimConfig(vehicles=vehicles, duration_s=duration, seed=seed, start=start or DEFAULT_START,
@@ -167,15 +199,16 @@ def register(app: typer.Typer) -> None:
                 summary = simulate_to_recording(config, out, progress=tick)
             else:
                 summary = _simulate_to_kafka(config, settings, truth, rate, frames_per_second,
-                                             _options(linger_ms, batch_bytes, compression, acks), tick, keep)
+                                             produce.options(), tick, keep)
                 if region:
                     summary["region"] = region
         elapsed = time.monotonic() - began
         summary["elapsed_s"] = round(elapsed, 3)
         summary["readings_per_s"] = round(summary["readings"] / max(elapsed, 1e-9))
-        _print_simulation(summary, as_json)
+        _print_simulation(summary, produce.as_json)
 
     @app.command()
+    @producing
     def replay(
         file: Path = typer.Argument(None, help="Recording to replay (from `pipeline simulate --out`)."),
         twizy: bool = typer.Option(False, "--twizy", help=TWIZY_HELP),
@@ -188,15 +221,10 @@ def register(app: typer.Typer) -> None:
         rate: float = typer.Option(None, help="Cap in readings per second."),
         frames_per_second: float = typer.Option(None, help="Cap in frames per second."),
         out: Path = typer.Option(None, help="Write a recording instead of producing to Kafka."),
-        sensor_topic: SensorTopic = None,
-        gps_topic: GpsTopic = None,
-        linger_ms: LingerMs = 20,
-        batch_bytes: BatchBytes = 1 << 20,
-        compression: Compression = "none",
-        acks: Acks = "1",
-        as_json: AsJson = False,
         region: str = typer.Option(None, help="Send only the vehicles homed in this region, to its "
                                    "brokers (regions file: $REGIONS_FILE; see README Regions)."),
+        *,
+        produce: Producing,
     ) -> None:
         """Replay a recording, or the recorded Twizy EV trips, into the ingest topics.
 
@@ -205,13 +233,13 @@ def register(app: typer.Typer) -> None:
         """
         if twizy == (file is not None):
             raise typer.BadParameter("give a recording FILE or --twizy (not both)")
-        settings = _settings(sensor_topic, gps_topic)
+        settings = produce.settings()
         _quiet_clients()
         from pipeline.tools.replay import Pacer
 
         pacer = Pacer(speed=_parse_speed(speed), max_gap_s=max_gap, readings_per_s=rate,
                       frames_per_s=frames_per_second)
-        options = _options(linger_ms, batch_bytes, compression, acks)
+        options = produce.options()
         settings, keep = _home_region(settings, region)
         if twizy:
             summary = _replay_twizy(settings, twizy_dir, mapping, vehicles, frame_seconds, pacer, options, out,
@@ -220,7 +248,7 @@ def register(app: typer.Typer) -> None:
             summary = _replay_recording(settings, file, pacer, options, out, keep=keep)
         if region:
             summary["region"] = region
-        _print_replay(summary, as_json)
+        _print_replay(summary, produce.as_json)
 
 
 # --- runners ------------------------------------------------------------------------------------

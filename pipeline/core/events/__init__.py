@@ -13,26 +13,15 @@ validation and object building add a third or more to each record's cost
 
 Modules: `encode` (frames and derived events to Kafka records, reading single events, and
 the names and reasons they share), `decode` (a batch of raw frame records to columns, with
-dead letters). Import from this package, not from its modules.
+dead letters). Import from this package; the single dead-letter reasons and content types
+are named in `encode` (`DECODE_REASONS` here lists them all).
 """
 
 from pipeline.core.events.decode import decode_records
 from pipeline.core.events.encode import (
-    BAD_CLOUDEVENT,
-    BAD_JSON,
     DECODE_REASONS,
-    EMPTY_VALUE,
     FRAME_KIND_OF_TYPE,
     FRAME_TYPES,
-    JSON_CONTENT_TYPE,
-    LENGTH_MISMATCH,
-    MISSING_FIELD,
-    NO_SAMPLES,
-    OVERSIZED,
-    SPECVERSION,
-    STRUCTURED_CONTENT_TYPE,
-    VIN_MISMATCH,
-    WRONG_TYPE,
     EncodedRecord,
     FrameKind,
     encode_event,
@@ -47,9 +36,7 @@ from pipeline.core.events.encode import (
 )
 
 __all__ = [
-    "BAD_CLOUDEVENT", "BAD_JSON", "DECODE_REASONS", "EMPTY_VALUE", "FRAME_KIND_OF_TYPE", "FRAME_TYPES",
-    "JSON_CONTENT_TYPE", "LENGTH_MISMATCH", "MISSING_FIELD", "NO_SAMPLES", "OVERSIZED", "SPECVERSION",
-    "STRUCTURED_CONTENT_TYPE", "VIN_MISMATCH", "WRONG_TYPE", "EncodedRecord", "FrameKind", "decode_records",
+    "DECODE_REASONS", "FRAME_KIND_OF_TYPE", "FRAME_TYPES", "EncodedRecord", "FrameKind", "decode_records",
     "encode_event", "encode_events", "encode_frame", "epoch_ms", "frame_headers", "frame_id", "frame_source",
     "read_event", "rfc3339",
 ]

@@ -14,21 +14,8 @@ from dataclasses import dataclass, replace
 from pipeline.core.rules.columns import is_data_path, under
 from pipeline.core.rules.patterns import Loc
 from pipeline.core.rules.schema import DataPolicy
-from pipeline.core.rules.transform import (
-    Bucket,
-    Coarsen,
-    Drop,
-    Hmac,
-    Mask,
-    Pick,
-    Rename,
-    SetConstants,
-    Split,
-    Step,
-    Template,
-    Transform,
-    flat_steps,
-)
+from pipeline.core.rules.transform import flat_steps
+from pipeline.core.rules.transform import steps as st
 
 NO_VIN, PSEUDONYM, RAW_VIN = 0, 1, 2
 VIN_FORMS = {NO_VIN: "no VIN", PSEUDONYM: "a VIN pseudonym", RAW_VIN: "the raw VIN"}
@@ -102,20 +89,20 @@ def _move(state: dict[str, Taint], src: str, dst: str) -> None:
     state.update(moved)
 
 
-def _apply(state: dict[str, Taint], step: Step, policy: DataPolicy) -> None:
-    if isinstance(step, Pick):
+def _apply(state: dict[str, Taint], step: st.Step, policy: DataPolicy) -> None:
+    if isinstance(step, st.Pick):
         for key in [k for k in state if is_data_path(k) and not any(under(k, p) for p in step.paths)]:
             del state[key]
-    elif isinstance(step, Drop):
+    elif isinstance(step, st.Drop):
         for path in step.paths:
             _remove_under(state, path)
-    elif isinstance(step, Rename):
+    elif isinstance(step, st.Rename):
         for src, dst in step.mapping:
             _move(state, src, dst)
-    elif isinstance(step, SetConstants):
+    elif isinstance(step, st.SetConstants):
         for path, _ in step.values:
             _remove_under(state, path)
-    elif isinstance(step, Template):
+    elif isinstance(step, st.Template):
         updates: dict[str, Taint | None] = {}
         for path, parts in step.templates:
             taints = [t for _, ref in parts if ref for t in [_gather(state, ref)] if t is not None]
@@ -128,26 +115,26 @@ def _apply(state: dict[str, Taint], step: Step, policy: DataPolicy) -> None:
             _remove_under(state, path)
             if taint is not None:
                 state[path] = taint
-    elif isinstance(step, Hmac | Mask):
+    elif isinstance(step, st.Hmac | st.Mask):
         spec = step.spec
         taint = _gather(state, spec.field)
         _remove_under(state, spec.field)
         target = spec.to or spec.field
         _remove_under(state, target)
         if taint is not None:
-            if isinstance(step, Hmac):
+            if isinstance(step, st.Hmac):
                 form = PSEUDONYM if taint.vin else NO_VIN
             else:
                 visible = step.spec.keep_first + step.spec.keep_last
                 form = (PSEUDONYM if visible <= policy.mask_max_visible else RAW_VIN) if taint.vin else NO_VIN
             state[target] = Taint(taint.origin, form, None, taint.forbidden)
-    elif isinstance(step, Coarsen):
+    elif isinstance(step, st.Coarsen):
         precision = step.spec.effective_precision_m()
         for key in step.fields():
             taint = state.get(key)
             if taint is not None and taint.precision_m is not None:
                 state[key] = replace(taint, precision_m=max(taint.precision_m, precision))
-    elif isinstance(step, Bucket):
+    elif isinstance(step, st.Bucket):
         bucket = step.spec
         taint = _gather(state, bucket.field)
         _remove_under(state, bucket.field)
@@ -162,7 +149,7 @@ def _apply(state: dict[str, Taint], step: Step, policy: DataPolicy) -> None:
                 grid = min((b - a for a, b in zip(edges, edges[1:], strict=False)), default=0.0) * 111_320.0
             bucketed = None if taint.precision_m is None else max(taint.precision_m, grid)
             state[target] = Taint(taint.origin, NO_VIN, bucketed, taint.forbidden)
-    elif isinstance(step, Split):
+    elif isinstance(step, st.Split):
         split = step.spec
         target = str(split.to or split.field)
         sources = list(split.by) if split.by is not None else [str(split.field)]
@@ -178,7 +165,7 @@ def _apply(state: dict[str, Taint], step: Step, policy: DataPolicy) -> None:
         state.update(moved)
 
 
-def check_policy(policy: DataPolicy, transform: Transform, policy_loc: Loc = ("policy",)) -> list[PolicyViolation]:
+def check_policy(policy: DataPolicy, transform: st.Transform, policy_loc: Loc = ("policy",)) -> list[PolicyViolation]:
     """Every sensitive field the transform can still emit against the policy's limits."""
     state = _initial(policy)
     for step in flat_steps(transform):

@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -99,39 +99,46 @@ class Exact(Leaf):
 
 
 @dataclass(frozen=True, slots=True)
-class Prefix(Leaf):
-    """A string starting with `prefix` (optionally ignoring case)."""
+class _Affix(Leaf):
+    """A string starting (`Prefix`) or ending (`Suffix`) with `text`, optionally ignoring case."""
 
-    prefix: str
+    text: str
     ignore_case: bool = False
 
     def describe(self) -> str:
-        return f"prefix {self.prefix!r}" + (" (ignore case)" if self.ignore_case else "")
+        return f"{self._kind} {self.text!r}" + (" (ignore case)" if self.ignore_case else "")
 
     def test(self, value: Any) -> bool:
         if not isinstance(value, str):
             return False
         if self.ignore_case:
-            return value.casefold().startswith(self.prefix.casefold())
-        return value.startswith(self.prefix)
+            return self._has(value.casefold(), self.text.casefold())
+        return self._has(value, self.text)
+
+    _kind: ClassVar[str] = ""
+
+    def _has(self, value: str, text: str) -> bool:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
-class Suffix(Leaf):
-    """A string ending with `suffix` (optionally ignoring case)."""
+class Prefix(_Affix):
+    """A string starting with `text` (optionally ignoring case)."""
 
-    suffix: str
-    ignore_case: bool = False
+    _kind: ClassVar[str] = "prefix"
 
-    def describe(self) -> str:
-        return f"suffix {self.suffix!r}" + (" (ignore case)" if self.ignore_case else "")
+    def _has(self, value: str, text: str) -> bool:
+        return value.startswith(text)
 
-    def test(self, value: Any) -> bool:
-        if not isinstance(value, str):
-            return False
-        if self.ignore_case:
-            return value.casefold().endswith(self.suffix.casefold())
-        return value.endswith(self.suffix)
+
+@dataclass(frozen=True, slots=True)
+class Suffix(_Affix):
+    """A string ending with `text` (optionally ignoring case)."""
+
+    _kind: ClassVar[str] = "suffix"
+
+    def _has(self, value: str, text: str) -> bool:
+        return value.endswith(text)
 
 
 @dataclass(frozen=True, slots=True)

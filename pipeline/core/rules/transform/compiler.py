@@ -27,26 +27,12 @@ from pipeline.core.rules.schema import (
     MaskSpec,
     SplitSpec,
 )
+from pipeline.core.rules.transform import steps as st
 from pipeline.core.rules.transform.frame import (
     OPTIONAL_ATTRIBUTES_FIXED,
     WRITABLE_ATTRIBUTES_FIXED,
     Frame,
     TransformError,
-)
-from pipeline.core.rules.transform.steps import (
-    Bucket,
-    Coarsen,
-    Context,
-    Drop,
-    Hmac,
-    Mask,
-    Pick,
-    Rename,
-    SetConstants,
-    Split,
-    Step,
-    Template,
-    Transform,
 )
 
 
@@ -122,7 +108,7 @@ class _StepCompiler:
                 self.fail(err["msg"].removeprefix("Value error, "), (*loc, *where), field_name)
             return None
 
-    def step(self, raw: Any, loc: Loc) -> Step | None:
+    def step(self, raw: Any, loc: Loc) -> st.Step | None:
         if not isinstance(raw, Mapping):
             self.fail(f"a step is a mapping with one operation ({', '.join(STEP_DOCS)})", loc)
             return None
@@ -143,10 +129,10 @@ class _StepCompiler:
         arg = raw[op]
         at = (*loc, op)
         builder = getattr(self, f"op_{op}")
-        result: Step | None = builder(arg, at, if_missing)
+        result: st.Step | None = builder(arg, at, if_missing)
         return result
 
-    def op_pick(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_pick(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         paths = self.paths(arg, loc)
         if paths is None:
             return None
@@ -154,13 +140,13 @@ class _StepCompiler:
         if attrs:
             self.fail(f"`pick` keeps data fields; attributes always stay (drop optional ones with `drop`): {attrs[0]!r}", loc, attrs[0])
             return None
-        return Pick("pick", if_missing, loc, paths)
+        return st.Pick("pick", if_missing, loc, paths)
 
-    def op_drop(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_drop(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         paths = self.paths(arg, loc, remove=True)
-        return Drop("drop", if_missing, loc, paths) if paths is not None else None
+        return st.Drop("drop", if_missing, loc, paths) if paths is not None else None
 
-    def op_rename(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_rename(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         mapping = self.mapping(arg, loc)
         if mapping is None:
             return None
@@ -178,69 +164,77 @@ class _StepCompiler:
         if len(set(targets)) != len(targets):
             self.fail("two fields renamed to the same name", loc)
             return None
-        return Rename("rename", if_missing, loc, tuple(pairs))
+        return st.Rename("rename", if_missing, loc, tuple(pairs))
 
-    def op_set(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def written(self, arg: Any, loc: Loc) -> list[tuple[str, Any, Loc]] | None:
+        """Each entry of a mapping from field paths to write to values: (path, value, its
+        location); None when the mapping or a path is bad (reported)."""
         mapping = self.mapping(arg, loc)
         if mapping is None:
             return None
-        values = []
+        out = []
         for path, value in mapping.items():
             p = self.path(path, (*loc, path), write=True)
             if p is None:
                 return None
+            out.append((p, value, (*loc, path)))
+        return out
+
+    def op_set(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
+        entries = self.written(arg, loc)
+        if entries is None:
+            return None
+        values = []
+        for p, value, at in entries:
             if isinstance(value, list | Mapping):
-                self.fail("`set` takes constants (string, number, boolean or null)", (*loc, path), p)
+                self.fail("`set` takes constants (string, number, boolean or null)", at, p)
                 return None
             if isinstance(value, float) and not math.isfinite(value):
-                self.fail("constants must be finite numbers", (*loc, path), p)
+                self.fail("constants must be finite numbers", at, p)
                 return None
             if not is_data_path(p) and not (isinstance(value, str) and value):
-                self.fail(f"attribute {p!r} takes a non-empty string", (*loc, path), p)
+                self.fail(f"attribute {p!r} takes a non-empty string", at, p)
                 return None
             values.append((p, value))
-        return SetConstants("set", if_missing, loc, tuple(values))
+        return st.SetConstants("set", if_missing, loc, tuple(values))
 
-    def op_template(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
-        mapping = self.mapping(arg, loc)
-        if mapping is None:
+    def op_template(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
+        entries = self.written(arg, loc)
+        if entries is None:
             return None
         templates = []
-        for path, text in mapping.items():
-            p = self.path(path, (*loc, path), write=True)
-            if p is None:
-                return None
+        for p, text, at in entries:
             if not isinstance(text, str):
-                self.fail("a template is a string", (*loc, path), p)
+                self.fail("a template is a string", at, p)
                 return None
             try:
                 parsed = list(string.Formatter().parse(text))
             except ValueError as exc:
-                self.fail(f"bad template: {exc}", (*loc, path), p)
+                self.fail(f"bad template: {exc}", at, p)
                 return None
             parts: list[tuple[str, str | None]] = []
             for literal, ref, spec, conversion in parsed:
                 if ref is not None:
                     if spec or conversion:
-                        self.fail(f"template variable {{{ref}}}: format specs and conversions are not supported", (*loc, path), p)
+                        self.fail(f"template variable {{{ref}}}: format specs and conversions are not supported", at, p)
                         return None
                     if not ref or not PATH.match(ref):
-                        self.fail(f"template variable {{{ref}}} is not a field path (an attribute name or data.<field>)", (*loc, path), p)
+                        self.fail(f"template variable {{{ref}}} is not a field path (an attribute name or data.<field>)", at, p)
                         return None
                 parts.append((literal, ref))
             templates.append((p, tuple(parts)))
-        return Template("template", if_missing, loc, tuple(templates))
+        return st.Template("template", if_missing, loc, tuple(templates))
 
-    def op_hmac(self, arg: Any, loc: Loc, if_missing: str) -> Step | list[Step] | None:
+    def op_hmac(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | list[st.Step] | None:
         if isinstance(arg, str | list):
             paths = self.paths(arg, loc, write=True)
             if paths is None:
                 return None
-            return _Group("hmac", if_missing, loc, tuple(Hmac("hmac", if_missing, loc, HmacSpec(field=p)) for p in paths))
+            return _Group("hmac", if_missing, loc, tuple(st.Hmac("hmac", if_missing, loc, HmacSpec(field=p)) for p in paths))
         spec = self.model(HmacSpec, arg, loc)
         if spec is None or not self._spec_paths(spec, loc, ("field",), ("to",)):
             return None
-        return Hmac("hmac", if_missing, loc, spec)
+        return st.Hmac("hmac", if_missing, loc, spec)
 
     def _spec_paths(self, spec: Any, loc: Loc, reads: Iterable[str], writes: Iterable[str]) -> bool:
         ok = True
@@ -259,13 +253,13 @@ class _StepCompiler:
                 ok = False
         return ok
 
-    def op_mask(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_mask(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         spec = self.model(MaskSpec, arg, loc)
         if spec is None or not self._spec_paths(spec, loc, ("field",), ("to",)):
             return None
-        return Mask("mask", if_missing, loc, spec)
+        return st.Mask("mask", if_missing, loc, spec)
 
-    def op_coarsen(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_coarsen(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         spec = self.model(CoarsenSpec, arg, loc)
         if spec is None or not self._spec_paths(spec, loc, ("field", "lat", "lon"), ()):
             return None
@@ -274,18 +268,18 @@ class _StepCompiler:
             if value is not None and not is_data_path(value):
                 self.fail("coordinates live under data", (*loc, name), value)
                 return None
-        return Coarsen("coarsen", if_missing, loc, spec)
+        return st.Coarsen("coarsen", if_missing, loc, spec)
 
-    def op_bucket(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_bucket(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         spec = self.model(BucketSpec, arg, loc)
         if spec is None or not self._spec_paths(spec, loc, ("field",), ("to",)):
             return None
         if not is_data_path(spec.field):
             self.fail("`bucket` works on numeric data fields", (*loc, "field"), spec.field)
             return None
-        return Bucket("bucket", if_missing, loc, spec)
+        return st.Bucket("bucket", if_missing, loc, spec)
 
-    def op_split(self, arg: Any, loc: Loc, if_missing: str) -> Step | None:
+    def op_split(self, arg: Any, loc: Loc, if_missing: str) -> st.Step | None:
         spec = self.model(SplitSpec, arg, loc)
         if spec is None or not self._spec_paths(spec, loc, ("field",), ("to", "index_to")):
             return None
@@ -296,37 +290,37 @@ class _StepCompiler:
         if spec.to is not None and not is_data_path(spec.to):
             self.fail("`split.to` must be a data field", (*loc, "to"), spec.to)
             return None
-        return Split("split", if_missing, loc, spec)
+        return st.Split("split", if_missing, loc, spec)
 
 
 @dataclass
-class _Group(Step):
+class _Group(st.Step):
     """Several steps written as one (`hmac: [a, b]`)."""
 
-    members: tuple[Step, ...] = ()
+    members: tuple[st.Step, ...] = ()
 
-    def run(self, frame: Frame, ctx: Context, position: int) -> None:
+    def run(self, frame: Frame, ctx: st.Context, position: int) -> None:
         for step in self.members:
             if len(frame):
                 step.run(frame, ctx, position)
 
 
-def compile_transform(steps: Sequence[Any], loc: Loc = ()) -> Transform:
+def compile_transform(steps: Sequence[Any], loc: Loc = ()) -> st.Transform:
     """Compile a route's `transform` list; raises `TransformGroupError` with every mistake."""
     compiler = _StepCompiler()
-    compiled: list[Step] = []
+    compiled: list[st.Step] = []
     for i, raw in enumerate(steps):
         step = compiler.step(raw, (*loc, i))
-        if isinstance(step, Step):
+        if isinstance(step, st.Step):
             compiled.append(step)
     if compiler.errors:
         raise TransformGroupError(compiler.errors)
-    return Transform(tuple(compiled))
+    return st.Transform(tuple(compiled))
 
 
-def flat_steps(transform: Transform) -> list[Step]:
+def flat_steps(transform: st.Transform) -> list[st.Step]:
     """Steps with groups expanded (for data-policy checks and display)."""
-    out: list[Step] = []
+    out: list[st.Step] = []
     for step in transform.steps:
         out.extend(step.members if isinstance(step, _Group) else (step,))
     return out
