@@ -28,13 +28,6 @@ class ConfigError(PipelineError):
         super().__init__(f"{where}{what}{message}")
 
 
-def yaml_config_error(exc: Exception, file: str) -> ConfigError:
-    """A PyYAML parse error as a ConfigError with the file and, when PyYAML marks one, the line."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(f"invalid YAML: {problem}", file=file, line=mark.line + 1 if mark is not None else None)
-
-
 class DecodeError(PipelineError):
     """A Kafka record is not a valid vehicle frame; `reason` is a short stable code."""
 
