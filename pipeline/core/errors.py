@@ -1,4 +1,9 @@
-"""The pipeline's exceptions: one base and a few specific kinds."""
+"""The pipeline's exceptions: one base and a few specific kinds.
+
+Every error a user can cause (a configuration file, a setting, an option, an unreachable or
+incomplete service) is a `PipelineError`, so a command reports it as one line. A mistake in a
+file is a `ConfigError` naming the file and, where known, the line.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,13 @@ class ConfigError(PipelineError):
             what += f"field '{field}': "
         self.detail = message
         super().__init__(f"{where}{what}{message}")
+
+
+class InputError(PipelineError, ValueError):
+    """A value given to a command or a tool (an option, a fault spec, a policy) is not valid.
+
+    Also a ValueError: it is the wrong value for an argument.
+    """
 
 
 class DecodeError(PipelineError):

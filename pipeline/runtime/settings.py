@@ -7,13 +7,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.paths import DLQ_TOPIC, REPO_ROOT, ROUTE_TOPIC_PREFIX
 
 __all__ = ["DLQ_TOPIC", "REPO_ROOT", "ROUTE_TOPIC_PREFIX", "Settings", "get_settings"]
-
 
 
 class Settings(BaseSettings):
@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings; a value that is not valid is a ConfigError naming its variable."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(type(self), exc) from None
 
     # --- Kafka -----------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
@@ -110,6 +117,12 @@ class Settings(BaseSettings):
     hmac_secret: SecretStr = Field(SecretStr("local-dev-pseudonym-key"), description="Key for pseudonyms in rules (PIPELINE_HMAC_SECRET).", alias="PIPELINE_HMAC_SECRET")
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _distinct_ingest_topics(self) -> Settings:
+        if self.topic_sensor == self.topic_gps:
+            raise ValueError(f"TOPIC_SENSOR and TOPIC_GPS must be different topics, both are {self.topic_sensor!r}")
+        return self
+
     # --- derived ----------------------------------------------------------------------------
     @property
     def s3_host(self) -> str:
@@ -160,6 +173,28 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict safe to print: secrets shown as '**********'."""
         return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+
+def env_name(model: type[BaseSettings], name: str) -> str:
+    """The environment variable of a settings field (its alias, else its name in capitals)."""
+    info = model.model_fields.get(name)
+    alias = info.validation_alias or info.alias if info is not None else None
+    return alias if isinstance(alias, str) else name.upper()
+
+
+def _settings_error(model: type[BaseSettings], exc: ValidationError) -> ConfigError:
+    """The first invalid setting as a ConfigError: the variable, what is wrong and the value."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    variable = env_name(model, loc[0]) if loc else None
+    message = first["msg"].removeprefix("Value error, ")
+    info = model.model_fields.get(loc[0]) if loc else None
+    if info is not None and "input" in first and "SecretStr" not in str(info.annotation):
+        message += f" (got {first['input']!r})"
+    more = exc.error_count() - 1
+    if more:
+        message += f"; and {more} more invalid setting{'s' if more > 1 else ''}"
+    return ConfigError(message, field=variable)
 
 
 @lru_cache(maxsize=1)

@@ -41,6 +41,7 @@ import numpy.typing as npt
 import orjson
 
 from pipeline.core.catalog import Catalog, load_catalog
+from pipeline.core.errors import InputError
 from pipeline.core.events import encode_frame, frame_headers
 from pipeline.tools.recording import Record, RecordingWriter
 from pipeline.tools.sim.city import CITIES, RoadNetwork
@@ -95,10 +96,11 @@ def gc_paused() -> Iterator[None]:
 
 def parse_start(text: str) -> int:
     """An ISO 8601 time (UTC if no offset) as epoch milliseconds."""
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"start must be an ISO 8601 time like 2024-05-01T08:00:00, got {text!r}") from exc
+    return int((value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +121,14 @@ class SimConfig:
     window_s: float | None = None  # simulated seconds per generation window (default: by fleet size)
 
     def __post_init__(self) -> None:
-        if self.vehicles < 1:
-            raise ValueError("vehicles must be at least 1")
-        if not 0.0 <= self.ev_share <= 1.0:
-            raise ValueError("ev_share must be between 0 and 1")
-        if self.duration_s <= 0:
-            raise ValueError("duration must be positive")
-        if self.frame_seconds < 1 or (self.frame_seconds * 1000) % 1000:
-            raise ValueError("frame_seconds must be a whole number of seconds, at least 1")
-        if self.city not in CITIES:
-            raise ValueError(f"unknown city {self.city!r}; known: {', '.join(CITIES)}")
+        for wrong, message in ((self.vehicles < 1, "vehicles must be at least 1"),
+                               (not 0.0 <= self.ev_share <= 1.0, "ev_share must be between 0 and 1"),
+                               (self.duration_s <= 0, "duration must be positive"),
+                               (self.frame_seconds < 1 or (self.frame_seconds * 1000) % 1000,
+                                "frame_seconds must be a whole number of seconds, at least 1"),
+                               (self.city not in CITIES, f"unknown city {self.city!r}; known: {', '.join(CITIES)}")):
+            if wrong:
+                raise InputError(message)
         parse_start(self.start)
 
     @property
