@@ -47,10 +47,12 @@ _register_all()
 
 def main() -> None:
     """Console-script entry point. An unreachable broker or object store is one line naming
-    the endpoint and how to start the local services, not a traceback."""
+    the endpoint and how to start the local services, not a traceback; so is any other
+    `PipelineError` (a file, a setting or an option the user gave)."""
     from aiokafka.errors import KafkaConnectionError
     from urllib3.exceptions import MaxRetryError
 
+    from pipeline.core.errors import PipelineError
     from pipeline.runtime.settings import get_settings
 
     try:
@@ -61,6 +63,8 @@ def main() -> None:
     except MaxRetryError as exc:
         sys.exit(f"error: cannot reach the object store at {get_settings().s3_endpoint} ({exc.reason}); "
                  f"`scripts/services start` starts a local one, S3_ENDPOINT points elsewhere")
+    except PipelineError as exc:  # a file, setting or option the user gave: the message says which
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -74,14 +74,12 @@ def register(app: typer.Typer) -> None:
                                           "or route\\..*|pipeline\\.dlq|.*-handler-state)."),
                json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Per region: workers' consumer lag, MirrorMaker's replication lag per topic, last checkpoint."""
-        import os
-
         from pipeline.runtime.settings import get_settings
-        from pipeline.tools.region_ops import DEFAULT_TOPICS, region_status
+        from pipeline.tools.region_ops import region_status
         from pipeline.tools.regions import load
 
         settings = get_settings()
-        pattern = topics or os.environ.get("MIRROR_TOPICS") or DEFAULT_TOPICS
+        pattern = topics or settings.services.mirror_topics  # $MIRROR_TOPICS, empty: the default
         rows = asyncio.run(region_status(load(file), list(settings.ingest_topics), pattern))
         if json_out:
             typer.echo(orjson.dumps([{k: getattr(r, k) for k in r.__slots__} for r in rows],

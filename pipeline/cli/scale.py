@@ -168,6 +168,7 @@ def register(app: typer.Typer) -> None:
         once; down only to the highest count wanted over the window; no change within the
         cooldown after a change. Each decision is logged and exported as metrics.
         """
+        from pipeline.core.errors import InputError
         from pipeline.runtime.lag import LagReader
         from pipeline.runtime.settings import get_settings
         from pipeline.tools.autoscale import (
@@ -189,7 +190,7 @@ def register(app: typer.Typer) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
         try:
             policy = ScalePolicy(min_replicas, max_replicas, lag_threshold, window, cooldown)
-        except ValueError as exc:
+        except InputError as exc:
             err_console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
 

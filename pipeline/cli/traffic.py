@@ -158,6 +158,7 @@ def register(app: typer.Typer) -> None:
         Writes a recording plus its ground-truth file, or produces to Kafka (frames keyed
         by VIN, record timestamp = sent_at, plus latency for late frames).
         """
+        from pipeline.core.errors import InputError
         from pipeline.tools.sim.faults import parse_fault_rates
         from pipeline.tools.simulate import (
             DEFAULT_START,
@@ -176,15 +177,18 @@ def register(app: typer.Typer) -> None:
         spec = "none" if no_faults else ",".join(fault_rate or [])
         try:
             rates = parse_fault_rates(spec)
-        except ValueError as exc:
+        except InputError as exc:
             raise typer.BadParameter(str(exc)) from exc
         settings = produce.settings()
         settings, keep = _home_region(settings, region)
         _quiet_clients()
-        config = SimConfig(vehicles=vehicles, duration_s=duration, seed=seed, start=start or DEFAULT_START,
-                           ev_share=ev_share, frame_seconds=frame_seconds, fault_rates=rates, city=city,
-                           sensor_topic=settings.topic_sensor, gps_topic=settings.topic_gps,
-                           max_frame_bytes=settings.max_frame_bytes)
+        try:
+            config = SimConfig(vehicles=vehicles, duration_s=duration, seed=seed, start=start or DEFAULT_START,
+                               ev_share=ev_share, frame_seconds=frame_seconds, fault_rates=rates, city=city,
+                               sensor_topic=settings.topic_sensor, gps_topic=settings.topic_gps,
+                               max_frame_bytes=settings.max_frame_bytes)
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from exc
         began = time.monotonic()
         with _progress(duration) as progress:
             task = progress.add_task("simulate", total=duration, frames=0, readings=0, rate=0.0, frate=0.0)

@@ -8,6 +8,7 @@
 - `rules`: filter, transformation and routing rules (`rules/`), compiled.
 - `process`: `Core`, one batch through decode, cleaning, handlers and rules.
 - `errors`, `paths`: the error hierarchy and the shared names (repository root, fixed topics).
+- `yamlfile`: the one YAML loader of every configuration file (data plus the line of each key).
 
 Imports only the standard library, third-party libraries and other modules of
 `pipeline.core`; `pipeline.runtime`, `pipeline.tools` and `pipeline.cli` build on it.

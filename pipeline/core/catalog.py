@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 
-from pipeline.core.errors import ConfigError, yaml_config_error
+from pipeline.core.errors import ConfigError
 from pipeline.core.paths import REPO_ROOT
+from pipeline.core.yamlfile import Loc, YamlDoc, load_yaml, parse_yaml
 
 DEFAULT_PATH = REPO_ROOT / "rules" / "signals.yaml"
 
@@ -202,38 +202,6 @@ class Catalog:
 # --- loading -----------------------------------------------------------------------------
 
 
-class _LineDict(dict[str, Any]):
-    """A YAML mapping that remembers where it and each of its keys were written."""
-
-    line: int | None = None
-    key_lines: dict[str, int]
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings record line numbers and reject duplicate keys."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
-    loader.flatten_mapping(node)
-    result = _LineDict()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            key = str(key)
-        line = key_node.start_mark.line + 1
-        if key in result.key_lines:
-            raise ConfigError(f"duplicate key {key!r} (first at line {result.key_lines[key]})",
-                              file=getattr(loader, "_file", None), line=line, field=key)
-        result.key_lines[key] = line
-        result[key] = loader.construct_object(value_node, deep=True)
-    return result
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _number(value: Any, *, file: str, line: int | None, rule: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"must be a number, got {value!r}", file=file, line=line, rule=rule, field=name)
@@ -243,16 +211,16 @@ def _number(value: Any, *, file: str, line: int | None, rule: str, name: str) ->
     return out
 
 
-def _parse_units(raw: Any, *, file: str, line: int | None, rule: str) -> dict[str, Conversion]:
+def _parse_units(raw: Any, *, doc: YamlDoc, at: Loc, rule: str) -> dict[str, Conversion]:
+    file, line = doc.file, doc.line(*at)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("must be a mapping of unit name to scale or {scale, offset}",
                           file=file, line=line, rule=rule, field="units")
-    key_lines: dict[str, int] = getattr(raw, "key_lines", {})
     units: dict[str, Conversion] = {}
     for unit, spec in raw.items():
-        uline = key_lines.get(unit, line)
+        uline = doc.line(*at, str(unit))
         fname = f"units.{unit}"
         if not unit:
             raise ConfigError("unit name must not be empty", file=file, line=uline, rule=rule, field="units")
@@ -274,16 +242,16 @@ def _parse_units(raw: Any, *, file: str, line: int | None, rule: str) -> dict[st
     return units
 
 
-def _parse_signal(raw: Any, *, file: str, position: int) -> Signal:
-    line = getattr(raw, "line", None)
+def _parse_signal(raw: Any, *, doc: YamlDoc, position: int) -> Signal:
+    file, at = doc.file, ("signals", position)
+    line = doc.line(*at)
     if not isinstance(raw, dict):
         raise ConfigError(f"signal #{position + 1} must be a mapping", file=file, line=line, field="signals")
     name = raw.get("name")
     rule = f"signal {name}" if isinstance(name, str) and name else f"signal #{position + 1}"
-    key_lines: dict[str, int] = getattr(raw, "key_lines", {})
 
     def where(key: str) -> int | None:
-        return key_lines.get(key, line)
+        return doc.line(*at, key)
 
     unknown = [k for k in raw if k not in REQUIRED_FIELDS and k not in OPTIONAL_FIELDS]
     if unknown:
@@ -340,7 +308,7 @@ def _parse_signal(raw: Any, *, file: str, position: int) -> Signal:
     if not isinstance(description, str) or not description.strip():
         raise ConfigError("must be a non-empty string", file=file, line=where("description"),
                           rule=rule, field="description")
-    units = _parse_units(raw.get("units"), file=file, line=where("units"), rule=rule)
+    units = _parse_units(raw.get("units"), doc=doc, at=(*at, "units"), rule=rule)
     if unit in units and units[unit] != CANONICAL:
         raise ConfigError(f"the canonical unit {unit!r} cannot have a conversion",
                           file=file, line=where("units"), rule=rule, field=f"units.{unit}")
@@ -351,35 +319,31 @@ def _parse_signal(raw: Any, *, file: str, position: int) -> Signal:
 
 def parse_catalog(text: str, *, file: str = "<catalog>") -> Catalog:
     """Parse and validate catalog YAML text (ConfigError on any problem)."""
-    loader = _LineLoader(text)
-    loader._file = file  # type: ignore[attr-defined]
-    try:
-        doc = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise yaml_config_error(exc, file) from exc
-    finally:
-        loader.dispose()
+    return _catalog(parse_yaml(text, file))
+
+
+def _catalog(parsed: YamlDoc) -> Catalog:
+    file, doc = parsed.file, parsed.data
     if not isinstance(doc, dict):
         raise ConfigError("the catalog must be a mapping with 'version' and 'signals'", file=file)
-    key_lines: dict[str, int] = getattr(doc, "key_lines", {})
     unknown = [k for k in doc if k not in TOP_LEVEL_FIELDS]
     if unknown:
         raise ConfigError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL_FIELDS)}",
-                          file=file, line=key_lines.get(unknown[0]), field=unknown[0])
+                          file=file, line=parsed.line(str(unknown[0])), field=str(unknown[0]))
     if "version" not in doc:
         raise ConfigError("missing required key", file=file, line=1, field="version")
     version = doc["version"]
     if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         raise ConfigError(f"unsupported catalog version {version!r}; supported: {SUPPORTED_VERSIONS}",
-                          file=file, line=key_lines.get("version"), field="version")
+                          file=file, line=parsed.line("version"), field="version")
     raw_signals = doc.get("signals")
     if not isinstance(raw_signals, list) or not raw_signals:
         raise ConfigError("must be a non-empty list of signals", file=file,
-                          line=key_lines.get("signals"), field="signals")
+                          line=parsed.line("signals"), field="signals")
     signals: list[Signal] = []
     first_line: dict[str, int | None] = {}
     for i, raw in enumerate(raw_signals):
-        sig = _parse_signal(raw, file=file, position=i)
+        sig = _parse_signal(raw, doc=parsed, position=i)
         if sig.name in first_line:
             raise ConfigError(f"duplicate signal (first defined at line {first_line[sig.name]})",
                               file=file, line=sig.line, rule=f"signal {sig.name}", field="name")
@@ -407,7 +371,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
         hit = _cache.get(resolved)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-    catalog = parse_catalog(resolved.read_text(encoding="utf-8"), file=str(resolved))
+    catalog = _catalog(load_yaml(resolved))
     catalog.path = resolved
     with _cache_lock:
         _cache[resolved] = (stamp, catalog)

@@ -1,4 +1,9 @@
-"""The pipeline's exceptions: one base and a few specific kinds."""
+"""The pipeline's exceptions: one base and a few specific kinds.
+
+Every error a user can cause (a configuration file, a setting, an option, an unreachable or
+incomplete service) is a `PipelineError`, so a command reports it as one line. A mistake in a
+file is a `ConfigError` naming the file and, where known, the line.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +33,11 @@ class ConfigError(PipelineError):
         super().__init__(f"{where}{what}{message}")
 
 
-def yaml_config_error(exc: Exception, file: str) -> ConfigError:
-    """A PyYAML parse error as a ConfigError with the file and, when PyYAML marks one, the line."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(f"invalid YAML: {problem}", file=file, line=mark.line + 1 if mark is not None else None)
+class InputError(PipelineError, ValueError):
+    """A value given to a command or a tool (an option, a fault spec, a policy) is not valid.
+
+    Also a ValueError: it is the wrong value for an argument.
+    """
 
 
 class DecodeError(PipelineError):

@@ -1,4 +1,9 @@
-"""Typed settings read from the environment (and an optional `.env`), defaults for local services."""
+"""Typed settings read from the environment (and an optional `.env`), defaults for local services.
+
+One tree: `Settings` (the worker and the tools) and, under `Settings.services`, the local Kafka
+and S3 services of `scripts/services` (`LocalServicesSettings`). Every name is its
+environment variable; an invalid value is a ConfigError naming the variable.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,85 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.paths import DLQ_TOPIC, REPO_ROOT, ROUTE_TOPIC_PREFIX
 
-__all__ = ["DLQ_TOPIC", "REPO_ROOT", "ROUTE_TOPIC_PREFIX", "Settings", "get_settings"]
+__all__ = ["DEFAULT_MIRROR_TOPICS", "DLQ_TOPIC", "REPO_ROOT", "ROUTE_TOPIC_PREFIX", "LocalServicesSettings",
+           "Settings", "get_settings"]
+
+# routed events, dead letters, and handler-state changelogs (for re-homing a vehicle)
+DEFAULT_MIRROR_TOPICS = r"route\..*|pipeline\.dlq|.*-handler-state"
 
 
+class _EnvSettings(BaseSettings):
+    """Settings from the environment and `.env`; an invalid value is a ConfigError naming its
+    variable."""
 
-class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(type(self), exc) from None
+
+
+class LocalServicesSettings(_EnvSettings):
+    """The local Kafka broker and S3 store (`scripts/services`; docker compose publishes the
+    same host ports) and, with `--regions 2`, region B's broker and MirrorMaker 2.
+
+    The variables the services have always read, with their defaults; an empty one means
+    its default, as in docker-compose.yml. The store's credentials are the worker's
+    (`Settings.s3_access_key`, `Settings.s3_secret_key`).
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      env_ignore_empty=True, populate_by_name=True)
+
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Host port of the local Kafka broker.")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="Its KRaft controller port.")
+    s3_port: int = Field(9000, ge=1, le=65535, description="Host port of the local S3 store.")
+    timeout_s: float = Field(90.0, gt=0, validation_alias="SERVICES_TIMEOUT",
+                             description="Seconds `start` waits for both services to answer.")
+    mode: str = Field("auto", validation_alias="PIPELINE_SERVICES_MODE",
+                      description="docker, local, or auto: docker when its engine and compose plugin work.")
+    base_dir: Path = Field(REPO_ROOT / ".services", validation_alias="PIPELINE_SERVICES_DIR",
+                           description="Folder of the local services' configuration, data, logs and pids.")
+    cache_dir: Path | None = Field(None, validation_alias="PIPELINE_SERVICES_CACHE",
+                                   description="Jars fetched by Maven (default <base_dir>/cache).")
+    region_names: str = Field("a,b,c,d", description="Local region names, comma separated; the first two run.")
+    kafka_port_b: int | None = Field(None, ge=1, le=65535, description="Region B's broker port (KAFKA_PORT+100).")
+    kafka_controller_port_b: int | None = Field(
+        None, ge=1, le=65535, description="Region B's controller port (KAFKA_CONTROLLER_PORT+100).")
+    mirror_topics: str = Field(DEFAULT_MIRROR_TOPICS, description="Regex of the topics MirrorMaker 2 replicates.")
+    mirror_groups: str = Field(".*", description="Regex of the consumer groups whose offsets it translates.")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_words(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class Settings(_EnvSettings):
     """Every connection and topology setting of a worker, one place, typed.
 
     Names are the environment variables, case-insensitive (``KAFKA_BOOTSTRAP=...``).
     Secrets are `SecretStr`: they never appear in reprs, logs or `pipeline config`.
+    The local services' settings are `services`.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    _services: LocalServicesSettings | None = PrivateAttr(None)
 
     # --- Kafka -----------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
@@ -110,7 +177,30 @@ class Settings(BaseSettings):
     hmac_secret: SecretStr = Field(SecretStr("local-dev-pseudonym-key"), description="Key for pseudonyms in rules (PIPELINE_HMAC_SECRET).", alias="PIPELINE_HMAC_SECRET")
     log_level: str = "INFO"
 
+    @field_validator("s3_access_key", "s3_secret_key", mode="before")
+    @classmethod
+    def _empty_credential_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # as docker compose's ${S3_ACCESS_KEY:-pipeline}: the store the services start has these
+        if value == "" and info.field_name is not None:
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ingest_topics(self) -> Settings:
+        if self.topic_sensor == self.topic_gps:
+            raise ValueError(f"TOPIC_SENSOR and TOPIC_GPS must be different topics, both are {self.topic_sensor!r}")
+        return self
+
     # --- derived ----------------------------------------------------------------------------
+    @property
+    def services(self) -> LocalServicesSettings:
+        """The local services' settings, read when first asked for. The worker never asks: it
+        must not fail on a variable meant for something else (Kubernetes sets
+        KAFKA_PORT=tcp://... in the pods beside a service named kafka)."""
+        if self._services is None:
+            self._services = LocalServicesSettings()
+        return self._services
+
     @property
     def s3_host(self) -> str:
         return self.s3_endpoint.split("://", 1)[-1].rstrip("/")
@@ -158,8 +248,36 @@ class Settings(BaseSettings):
         )
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict safe to print: secrets shown as '**********'."""
-        return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+        """Settings as a dict safe to print, the local services' as `services.<name>`: secrets
+        shown as '**********'."""
+        out = {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+        try:
+            out.update({f"services.{k}": v for k, v in self.services.__dict__.items()})
+        except ConfigError as exc:  # shown, not raised: the worker's own settings are fine
+            out["services"] = f"invalid: {exc}"
+        return out
+
+
+def env_name(model: type[BaseSettings], name: str) -> str:
+    """The environment variable of a settings field (its alias, else its name in capitals)."""
+    info = model.model_fields.get(name)
+    alias = info.validation_alias or info.alias if info is not None else None
+    return alias if isinstance(alias, str) else name.upper()
+
+
+def _settings_error(model: type[BaseSettings], exc: ValidationError) -> ConfigError:
+    """The first invalid setting as a ConfigError: the variable, what is wrong and the value."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    variable = env_name(model, loc[0]) if loc else None
+    message = first["msg"].removeprefix("Value error, ")
+    info = model.model_fields.get(loc[0]) if loc else None
+    if info is not None and "input" in first and "SecretStr" not in str(info.annotation):
+        message += f" (got {first['input']!r})"
+    more = exc.error_count() - 1
+    if more:
+        message += f"; and {more} more invalid setting{'s' if more > 1 else ''}"
+    return ConfigError(message, field=variable)
 
 
 @lru_cache(maxsize=1)

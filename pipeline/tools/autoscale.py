@@ -21,7 +21,7 @@ from typing import Literal, Protocol, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import InputError, PipelineError
 from pipeline.runtime.lag import GroupLag, LagReader
 from pipeline.tools.supervisor import Supervisor
 
@@ -49,15 +49,15 @@ class ScalePolicy:
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
-            raise ValueError(f"min replicas must be >= 0, got {self.min_replicas}")
+            raise InputError(f"min replicas must be >= 0, got {self.min_replicas}")
         if self.max_replicas < max(self.min_replicas, 1):
-            raise ValueError(
+            raise InputError(
                 f"max replicas must be >= max(min, 1), got min={self.min_replicas} max={self.max_replicas}"
             )
         if self.lag_threshold <= 0:
-            raise ValueError(f"lag threshold must be > 0, got {self.lag_threshold}")
+            raise InputError(f"lag threshold must be > 0, got {self.lag_threshold}")
         if self.window_s < 0 or self.cooldown_s < 0:
-            raise ValueError("window and cooldown must be >= 0 seconds")
+            raise InputError("window and cooldown must be >= 0 seconds")
 
     def ceiling(self, partitions: int) -> int:
         """Most replicas that can own a partition: more would sit idle and still rebalance."""

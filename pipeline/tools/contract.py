@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.handlers.registry import FieldSpec, Registry, handler_source
 from pipeline.core.rules.columns import batch_from_events, events_from_batch
 from pipeline.core.rules.loader import CompiledRoute, RuleSet
@@ -38,8 +39,9 @@ JSON_TYPE = {bool: "boolean", int: "integer", float: "number", str: "string", ty
 SCHEMA_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
 
 
-class ContractError(Exception):
-    """The contract cannot be generated (a route's transform fails on its declared events)."""
+class ContractError(ConfigError):
+    """The contract cannot be generated: a route's transform fails on the events its handlers
+    declare (the error names the route's file and the line of its transform)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,8 +188,9 @@ def route_schema(route: CompiledRoute, event_type: str, fields: Sequence[FieldSp
             frame = route.transform.apply(Frame(batch, np.arange(1)), Context(keys))
             outputs.extend(events_from_batch(frame.build()))
         except Exception as exc:
-            raise ContractError(f"route {route.name}: transform failed on a sample {event_type} event "
-                                f"(without {list(absent) or 'nothing'}): {exc!r}") from exc
+            raise ContractError(f"transform failed on a sample {event_type} event "
+                                f"(without {list(absent) or 'nothing'}): {exc!r}",
+                                file=route.file, line=route.line_of("transform"), rule=route.name) from exc
     if not outputs:
         return None
     subjects = [o.get("subject") is not None for o in outputs]

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from pipeline.core.errors import PipelineError
 from pipeline.runtime.settings import Settings
 
 MANIFEST_FIELDS = ("topic", "partition", "first_offset", "last_offset", "frames_in", "frames_ok",
@@ -55,7 +56,7 @@ def declared_event_fields(functions_dir: Any) -> dict[str, dict[str, str]]:
     return out
 
 
-class LakeError(Exception):
+class LakeError(PipelineError):
     """The lake cannot be read (store unreachable, bucket missing) or a query failed."""
 
 

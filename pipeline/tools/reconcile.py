@@ -14,9 +14,14 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.errors import PipelineError
 from pipeline.runtime.segments import MANIFEST_PREFIX
 from pipeline.runtime.settings import Settings
 from pipeline.runtime.topics import read_to_end
+
+
+class ReconcileError(PipelineError):
+    """The lake cannot be reconciled at all (its bucket does not exist)."""
 
 
 @dataclass(slots=True)
@@ -130,7 +135,7 @@ async def reconcile(settings: Settings, group: str | None = None) -> list[Partit
     lag = await read_group_lag(group or settings.app_id, list(settings.ingest_topics), settings)
     client = settings.minio_client()
     if not client.bucket_exists(settings.s3_bucket):
-        raise SystemExit(f"reconcile: bucket {settings.s3_bucket!r} does not exist at {settings.s3_endpoint}")
+        raise ReconcileError(f"bucket {settings.s3_bucket!r} does not exist at {settings.s3_endpoint}")
     dlq = await read_dead_letter_offsets(settings)
     reports: list[PartitionReport] = []
     manifests_by_topic = {t: load_manifests(client, settings.s3_bucket, t) for t in settings.ingest_topics}

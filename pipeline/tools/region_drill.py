@@ -46,6 +46,7 @@ from pipeline.tools.region_services import (
     stop_broker,
 )
 from pipeline.tools.regions import Regions
+from pipeline.tools.supervisor import SupervisorError
 
 
 def frame_key(record: Any) -> tuple[bytes, str]:
@@ -152,13 +153,13 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.region} exited with {self.proc.returncode} (log {self.log})")
+                raise SupervisorError(f"worker {self.region} exited with {self.proc.returncode} (log {self.log})")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.env['METRICS_PORT']}/metrics", timeout=1).read()
                 return
             except OSError:
                 time.sleep(0.5)
-        raise RuntimeError(f"worker {self.region} not ready after {timeout_s:.0f}s (log {self.log})")
+        raise SupervisorError(f"worker {self.region} not ready after {timeout_s:.0f}s (log {self.log})")
 
     def ensure_running(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -18,17 +18,17 @@ from this folder. Readiness is asked, never slept: a metadata request per broker
 MirrorMaker the replicated heartbeat topic in each direction (`a.heartbeats` on B and
 `b.heartbeats` on A), which exists only once both flows replicate.
 
-Environment (beside pipeline.tools.services'): REGION_NAMES ("a,b"), KAFKA_PORT_B (KAFKA_PORT+100),
-KAFKA_CONTROLLER_PORT_B (KAFKA_CONTROLLER_PORT+100), MIRROR_TOPICS (the regex of topics to
-replicate, `route\\..*|pipeline\\.dlq|.*-handler-state`), MIRROR_GROUPS (consumer groups whose offsets are
-translated, `.*`).
+Environment (beside pipeline.tools.services'), read as `Settings.services`
+(`pipeline.runtime.settings.LocalServicesSettings`): REGION_NAMES ("a,b"), KAFKA_PORT_B
+(KAFKA_PORT+100), KAFKA_CONTROLLER_PORT_B (KAFKA_CONTROLLER_PORT+100), MIRROR_TOPICS (the regex
+of topics to replicate, `route\\..*|pipeline\\.dlq|.*-handler-state`), MIRROR_GROUPS (consumer
+groups whose offsets are translated, `.*`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import socket
 import time
@@ -38,6 +38,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.runtime.settings import DEFAULT_MIRROR_TOPICS, Settings, get_settings
 from pipeline.tools.services import (
     KAFKA_VERSION,
     LOCALHOST,
@@ -63,8 +64,7 @@ from pipeline.tools.services import (
     say,
 )
 
-# routed events, dead letters, and handler-state changelogs (for re-homing a vehicle)
-DEFAULT_TOPICS = r"route\..*|pipeline\.dlq|.*-handler-state"
+DEFAULT_TOPICS = DEFAULT_MIRROR_TOPICS
 DEFAULT_GROUPS = ".*"
 
 
@@ -103,22 +103,19 @@ class RegionServices:
     groups: str = DEFAULT_GROUPS
 
     @classmethod
-    def from_env(cls, count: int = 2, base: ServiceSettings | None = None) -> RegionServices:
-        base = base or ServiceSettings.from_env()
-        env = os.environ
-        names = tuple(
-            n.strip() for n in (env.get("REGION_NAMES") or "a,b,c,d").split(",") if n.strip()
-        )[:count]
+    def from_settings(cls, count: int = 2, base: ServiceSettings | None = None,
+                      settings: Settings | None = None) -> RegionServices:
+        """The regions of `settings.services` (default: the process's settings), region A on
+        `base` (default: the settings' services)."""
+        settings = settings or get_settings()
+        local = settings.services
+        base = base or ServiceSettings.from_settings(settings)
+        names = tuple(n.strip() for n in local.region_names.split(",") if n.strip())[:count]
         if count != 2 or len(names) != 2:
             raise ServiceError("the local services run one region or two (--regions 2)")
-        try:
-            port_b = int(env.get("KAFKA_PORT_B") or base.kafka_port + 100)
-            controller_b = int(env.get("KAFKA_CONTROLLER_PORT_B") or base.controller_port + 100)
-        except ValueError as exc:
-            raise ServiceError(f"bad region B port in the environment: {exc}") from exc
-        return cls.pair(base, names, port_b, controller_b,
-                        topics=env.get("MIRROR_TOPICS") or DEFAULT_TOPICS,
-                        groups=env.get("MIRROR_GROUPS") or DEFAULT_GROUPS)
+        return cls.pair(base, names, local.kafka_port_b or base.kafka_port + 100,
+                        local.kafka_controller_port_b or base.controller_port + 100,
+                        topics=local.mirror_topics, groups=local.mirror_groups)
 
     @classmethod
     def pair(cls, base: ServiceSettings, names: tuple[str, ...], port_b: int, controller_b: int,
@@ -346,7 +343,7 @@ def private_regions(base_dir: Path, *, names: tuple[str, str] = ("a", "b"),
     """Two brokers and MirrorMaker 2 of one's own, on free ports under `base_dir` (jar cache
     shared with scripts/services): for tests, the benchmark and the drill, which must never
     stop the shared broker. All three are stopped on exit."""
-    shared = ServiceSettings.from_env()
+    shared = ServiceSettings.from_settings()
     ports = free_ports(4)
     base = replace(shared, base_dir=base_dir, kafka_port=ports[0], controller_port=ports[1],
                    timeout_s=timeout_s, mode="local")

@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.yamlfile import load_yaml
 from pipeline.runtime.settings import Settings
 
 HASH = "hash"
@@ -90,17 +90,18 @@ class Regions(BaseModel):
 
     def model_post_init(self, __context: Any) -> None:
         if not self.regions:
-            raise ConfigError("regions: name at least one region")
+            raise ConfigError("name at least one region", field="regions")
         known = set(self.regions)
         named = [*self.home.vins.values(), *self.home.prefixes.values()]
         if self.home.default != HASH:
             named.append(self.home.default)
         unknown = sorted(set(named) - known)
         if unknown:
-            raise ConfigError(f"home rule names unknown regions {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"home rule names unknown regions {unknown}; known: {sorted(known)}", field="home")
         for name in self.regions:
             if "." in name:
-                raise ConfigError(f"region name {name!r}: no dots (it becomes a topic prefix)")
+                raise ConfigError(f"region name {name!r}: no dots (it becomes a topic prefix)",
+                                  field=f"regions.{name}")
 
     @property
     def names(self) -> list[str]:
@@ -146,16 +147,19 @@ def load(path: Path | str | None = None, settings: Settings | None = None) -> Re
     path = path or os.environ.get("REGIONS_FILE")
     if not path:
         return single(settings)
+    doc = load_yaml(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read regions file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"regions file {path} is not YAML: {exc}") from exc
-    try:
-        return Regions.model_validate(raw or {})
+        return Regions.model_validate(doc.data or {})
     except ValidationError as exc:
-        raise ConfigError(f"regions file {path}: {exc}") from exc
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise doc.error(message + more, *loc, field=".".join(str(p) for p in loc) or None) from exc
+    except ConfigError as exc:  # the checks across regions and the home rule
+        if exc.file is not None:
+            raise
+        raise doc.error(exc.detail, *(exc.field or "").split(".", 1), field=exc.field) from exc
 
 
 # --- one stream per route across regions ------------------------------------------------------

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-import yaml
 
 from pipeline.core.catalog import Catalog, load_catalog
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.events import encode_frame
+from pipeline.core.yamlfile import load_yaml
 from pipeline.runtime.settings import REPO_ROOT, Settings, get_settings
 from pipeline.tools.recording import Record, RecordingReader
 
@@ -264,63 +264,48 @@ class TwizyMapping:
     pattern: str = "*.csv"
 
 
-def _node_lines(text: str) -> dict[str, Any]:
-    """Line numbers of top-level keys and of each item of `columns` (for error messages)."""
-    lines: dict[str, Any] = {"columns": []}
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if isinstance(root, yaml.MappingNode):
-        for key, value in root.value:
-            lines[key.value] = key.start_mark.line + 1
-            if key.value == "columns" and isinstance(value, yaml.SequenceNode):
-                lines["columns"] = [item.start_mark.line + 1 for item in value.value]
-    return lines
-
-
 def load_mapping(path: Path | str | None = None, catalog: Catalog | None = None) -> TwizyMapping:
     """Read and validate the Twizy column mapping against the catalog."""
     path = Path(path or DEFAULT_MAPPING)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError("mapping file not found", file=file) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
-    lines = _node_lines(text)
+    if not path.exists():
+        raise ConfigError("mapping file not found", file=str(path))
+    parsed = load_yaml(path)
+    file, doc = parsed.file, parsed.data
     if not isinstance(doc, dict):
         raise ConfigError("must be a mapping with 'time', 'vehicle' and 'columns'", file=file)
     catalog = catalog or load_catalog()
     clock = doc.get("time") or {}
     if not isinstance(clock, dict):
-        raise ConfigError("must be a mapping", file=file, line=lines.get("time"), field="time")
+        raise ConfigError("must be a mapping", file=file, line=parsed.line("time"), field="time")
     offset = str(clock.get("utc_offset", "+00:00"))
     try:
         sign = -1 if offset.startswith("-") else 1
         hours, minutes = offset.lstrip("+-").split(":")
         offset_ms = sign * (int(hours) * 3600 + int(minutes) * 60) * 1000
     except ValueError as exc:
-        raise ConfigError(f"must look like +01:00, got {offset!r}", file=file, line=lines.get("time"),
-                          field="time.utc_offset") from exc
+        raise ConfigError(f"must look like +01:00, got {offset!r}", file=file,
+                          line=parsed.line("time", "utc_offset"), field="time.utc_offset") from exc
     bad_dates = str(clock.get("bad_dates", "repair"))
     if bad_dates not in ("repair", "drop"):
-        raise ConfigError(f"must be repair or drop, got {bad_dates!r}", file=file, line=lines.get("time"),
-                          field="time.bad_dates")
+        raise ConfigError(f"must be repair or drop, got {bad_dates!r}", file=file,
+                          line=parsed.line("time", "bad_dates"), field="time.bad_dates")
     vehicle = doc.get("vehicle") or {}
+    if not isinstance(vehicle, dict):
+        raise ConfigError("must be a mapping", file=file, line=parsed.line("vehicle"), field="vehicle")
     prefix = str(vehicle.get("vin_prefix", "VF1TWZ"))
     if not 3 <= len(prefix) <= 12 or any(c in "IOQ" for c in prefix.upper()):
-        raise ConfigError("must be 3-12 VIN characters (no I, O or Q)", file=file, line=lines.get("vehicle"),
-                          field="vehicle.vin_prefix")
+        raise ConfigError("must be 3-12 VIN characters (no I, O or Q)", file=file,
+                          line=parsed.line("vehicle", "vin_prefix"), field="vehicle.vin_prefix")
+    shift = vehicle.get("shift_s", 97.0)
+    if isinstance(shift, bool) or not isinstance(shift, int | float):
+        raise ConfigError(f"must be a number of seconds, got {shift!r}", file=file,
+                          line=parsed.line("vehicle", "shift_s"), field="vehicle.shift_s")
     raw_columns = doc.get("columns")
     if not isinstance(raw_columns, list) or not raw_columns:
-        raise ConfigError("must be a non-empty list", file=file, line=lines.get("columns"), field="columns")
+        raise ConfigError("must be a non-empty list", file=file, line=parsed.line("columns"), field="columns")
     columns: list[ColumnMap] = []
     for i, raw in enumerate(raw_columns):
-        line = lines["columns"][i] if i < len(lines["columns"]) else lines.get("columns")
+        line = parsed.line("columns", i)
         rule = f"key columns[{i}]"
         if not isinstance(raw, dict) or "column" not in raw or "signal" not in raw:
             raise ConfigError("needs 'column' and 'signal'", file=file, line=line, rule=rule)
@@ -341,13 +326,17 @@ def load_mapping(path: Path | str | None = None, catalog: Catalog | None = None)
         if values is not None and (not isinstance(values, dict)
                                    or not all(isinstance(v, int | float) for v in values.values())):
             raise ConfigError("must map CSV text to numbers", file=file, line=line, rule=rule, field="values")
+        for key in ("scale", "offset"):
+            if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int | float)):
+                raise ConfigError(f"must be a number, got {raw[key]!r}", file=file,
+                                  line=parsed.line("columns", i, key), rule=rule, field=key)
         columns.append(ColumnMap(str(raw["column"]), name, sig.kind, float(raw.get("scale", 1.0)),
                                  float(raw.get("offset", 0.0)), (conv.scale, conv.offset),
                                  {str(k): float(v) for k, v in values.items()} if values else None,
                                  sig.is_integral))
     return TwizyMapping(str(clock.get("date_column", "Date")), str(clock.get("date_format", "%m/%d/%Y")),
                         str(clock.get("time_column", "Time")), str(clock.get("time_format", "%H:%M:%S")),
-                        offset_ms, bad_dates, prefix, float(vehicle.get("shift_s", 97.0)), tuple(columns),
+                        offset_ms, bad_dates, prefix, float(shift), tuple(columns),
                         str(doc.get("pattern", "*.csv")))
 
 

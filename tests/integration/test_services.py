@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.runtime.settings import Settings
 from pipeline.tools import services
 from pipeline.tools.services import ServiceError, ServiceSettings
 
@@ -65,7 +66,7 @@ def _gone(pid: int) -> bool:
 @pytest.fixture
 def second_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServiceSettings]:
     """Environment for a second pair of services in tmp_path, on free ports, local mode."""
-    main = ServiceSettings.from_env()
+    main = ServiceSettings.from_settings(Settings())
     kafka_port, controller_port, s3_port = _free_ports(3)
     env = {
         "PIPELINE_SERVICES_MODE": "local",
@@ -79,7 +80,7 @@ def second_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ser
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = ServiceSettings.from_env()
+    settings = ServiceSettings.from_settings(Settings())
     try:
         yield settings
     finally:
@@ -87,7 +88,7 @@ def second_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ser
 
 
 def test_start_when_running_is_a_noop(capsys: pytest.CaptureFixture[str]) -> None:
-    settings = ServiceSettings.from_env()
+    settings = ServiceSettings.from_settings(Settings())
     assert services.status(settings) == {"kafka": True, "s3": True}, (
         f"Kafka at {settings.kafka_bootstrap} and S3 at {settings.s3_endpoint} must answer "
         "(scripts/test starts them; by hand: scripts/services start)"

@@ -86,7 +86,7 @@ def test_load_file_and_bad_file(tmp_path: Path) -> None:
 
 def test_shipped_local_regions_file_matches_the_local_services() -> None:
     shipped = reg.load(Path(__file__).resolve().parents[2] / "rules" / "regions" / "local.yaml")
-    layout = RegionServices.from_env(2, ServiceSettings(base_dir=Path("/x"), cache_dir=Path("/y")))
+    layout = RegionServices.from_settings(2, ServiceSettings(base_dir=Path("/x"), cache_dir=Path("/y")))
     assert shipped.names == list(layout.names)
     assert {n: r.kafka_bootstrap for n, r in shipped.regions.items()} == layout.bootstraps
 

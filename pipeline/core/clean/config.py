@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.core.errors import ConfigError, yaml_config_error
+from pipeline.core.errors import ConfigError
 from pipeline.core.paths import REPO_ROOT
+from pipeline.core.yamlfile import Loc, YamlDoc, line_in, load_yaml, parse_yaml
 
 DEFAULT_PATH = REPO_ROOT / "rules" / "cleaning.yaml"
 SUPPORTED_VERSIONS = (1,)
@@ -226,7 +226,7 @@ class CleaningConfig(_Section):
     gps: GpsRules = GpsRules()
     state: StateRules = StateRules()
     source: str | None = Field(default=None, exclude=True)
-    lines: dict[tuple[str, ...], int] = Field(default_factory=dict, exclude=True, repr=False)
+    lines: dict[Loc, int] = Field(default_factory=dict, exclude=True, repr=False)
 
     def stuck_checks(self) -> list[StuckCheckSpec]:
         """Every stuck check: each signal's rule, then the first of the checks their `also`
@@ -265,11 +265,7 @@ class CleaningConfig(_Section):
 
     def line_of(self, *path: str) -> int | None:
         """Line of the deepest key of `path` that the file wrote (None if none)."""
-        for end in range(len(path), 0, -1):
-            line = self.lines.get(tuple(path[:end]))
-            if line is not None:
-                return line
-        return None
+        return line_in(self.lines, path)
 
     def error(self, message: str, *path: str) -> ConfigError:
         """A ConfigError pointing at `path` in this config's file."""
@@ -278,36 +274,20 @@ class CleaningConfig(_Section):
                            field=path[-1] if path else None)
 
 
-def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
-    """Record the line of every mapping key, by its path from the document root."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, str(key_node.value))
-            out[key] = key_node.start_mark.line + 1
-            _key_lines(value_node, key, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out.setdefault((*prefix, str(i)), item.start_mark.line + 1)
-            _key_lines(item, (*prefix, str(i)), out)
-
-
 def parse_cleaning_config(text: str, *, file: str = "<cleaning>") -> CleaningConfig:
     """Parse and validate cleaning YAML text (ConfigError naming file, line and key)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise yaml_config_error(exc, file) from exc
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _key_lines(node, (), lines)
+    return _cleaning_config(parse_yaml(text, file))
+
+
+def _cleaning_config(parsed: YamlDoc) -> CleaningConfig:
+    file, doc = parsed.file, parsed.data
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError("the cleaning config must be a mapping of sections", file=file, line=1)
     for key in ("source", "lines"):
         if key in doc:
-            raise ConfigError("unknown key", file=file, line=lines.get((key,)), rule=f"key {key}",
+            raise ConfigError("unknown key", file=file, line=parsed.line(key), rule=f"key {key}",
                               field=key)
     try:
         config = CleaningConfig.model_validate(doc)
@@ -321,15 +301,10 @@ def parse_cleaning_config(text: str, *, file: str = "<cleaning>") -> CleaningCon
             message = "unknown key"
         elif first["type"] == "missing":
             message = "missing required key"
-        line = None
-        for end in range(len(path), 0, -1):
-            line = lines.get(path[:end])
-            if line is not None:
-                break
-        raise ConfigError(message, file=file, line=line,
+        raise ConfigError(message, file=file, line=line_in(parsed.lines, path),
                           rule="key " + ".".join(path) if path else None,
                           field=path[-1] if path else None) from exc
-    return config.model_copy(update={"source": file, "lines": lines})
+    return config.model_copy(update={"source": file, "lines": dict(parsed.lines)})
 
 
 def load_cleaning_config(path: Path | str | None = None) -> CleaningConfig:
@@ -339,4 +314,4 @@ def load_cleaning_config(path: Path | str | None = None) -> CleaningConfig:
         if path is None:
             return CleaningConfig()
         raise ConfigError("cleaning config file not found", file=str(resolved))
-    return parse_cleaning_config(resolved.read_text(encoding="utf-8"), file=str(resolved))
+    return _cleaning_config(load_yaml(resolved))

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from pipeline.core.errors import ConfigError, yaml_config_error
+from pipeline.core.errors import ConfigError
 from pipeline.core.handlers import ops
+from pipeline.core.yamlfile import Loc, YamlDoc, line_in, load_yaml
 
 TOP_LEVEL = ("version", "handlers", "zones")
 ZONE_FIELDS = ("name", "circle", "polygon", "speed_limit_kmh", "description")
@@ -61,7 +61,7 @@ class HandlerConfig:
     handlers: dict[str, dict[str, Any]] = field(default_factory=dict)
     zones: tuple[Zone, ...] = ()
     path: str | None = None
-    lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    lines: dict[Loc, int] = field(default_factory=dict)
 
     def for_handler(self, name: str, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with the YAML section of `name` (without `enabled`)."""
@@ -72,8 +72,9 @@ class HandlerConfig:
     def enabled(self, name: str) -> bool:
         return bool(self.handlers.get(name, {}).get("enabled", True))
 
-    def line_of(self, *path: str) -> int | None:
-        return self.lines.get(tuple(path))
+    def line_of(self, *path: str | int) -> int | None:
+        """Line of `path` in the file, or of the deepest enclosing key written (None if none)."""
+        return line_in(self.lines, path)
 
     def check_keys(self, name: str, defaults: Mapping[str, Any]) -> None:
         """Reject keys a handler does not define (catches typos in thresholds)."""
@@ -85,32 +86,13 @@ class HandlerConfig:
                                   rule=f"handler {name}", field=key)
 
 
-def _lines(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = str(k.value)
-            out[(*path, key)] = k.start_mark.line + 1
-            _lines(v, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _lines(v, (*path, str(i)), out)
-
-
 def load_handler_config(path: Path | None) -> HandlerConfig:
     """Read and validate handlers.yaml; a missing file means all defaults and no zones."""
     if path is None or not Path(path).exists():
         return HandlerConfig(path=str(path) if path else None)
-    text = Path(path).read_text()
-    file = str(path)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise yaml_config_error(exc, file) from exc
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _lines(node, (), lines)
+    doc = load_yaml(path)
+    file, data = doc.file, doc.data
+    lines = dict(doc.lines)
     if data is None:
         return HandlerConfig(path=file, lines=lines)
     if not isinstance(data, dict):
@@ -118,22 +100,22 @@ def load_handler_config(path: Path | None) -> HandlerConfig:
     for key in data:
         if key not in TOP_LEVEL:
             raise ConfigError(f"unknown top-level key (known: {', '.join(TOP_LEVEL)})", file=file,
-                              line=lines.get((str(key),)), field=str(key))
+                              line=doc.line(str(key)), field=str(key))
     handlers = data.get("handlers") or {}
     if not isinstance(handlers, dict):
         raise ConfigError("must map handler names to settings", file=file,
-                          line=lines.get(("handlers",)), field="handlers")
+                          line=doc.line("handlers"), field="handlers")
     for name, section in handlers.items():
         if section is None:
             handlers[name] = {}
         elif not isinstance(section, dict):
             raise ConfigError("settings must be a mapping", file=file,
-                              line=lines.get(("handlers", str(name))), rule=f"handler {name}")
+                              line=doc.line("handlers", str(name)), rule=f"handler {name}")
         elif "enabled" in section and not isinstance(section["enabled"], bool):
             raise ConfigError("must be true or false", file=file,
-                              line=lines.get(("handlers", str(name), "enabled")),
+                              line=doc.line("handlers", str(name), "enabled"),
                               rule=f"handler {name}", field="enabled")
-    zones = _zones(data.get("zones") or [], file, lines)
+    zones = _zones(data.get("zones") or [], doc)
     return HandlerConfig(handlers={str(k): dict(v) for k, v in handlers.items()}, zones=zones,
                          path=file, lines=lines)
 
@@ -142,19 +124,20 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def _zones(items: Any, file: str, lines: dict[tuple[str, ...], int]) -> tuple[Zone, ...]:
+def _zones(items: Any, doc: YamlDoc) -> tuple[Zone, ...]:
+    file = doc.file
     if not isinstance(items, list):
-        raise ConfigError("must be a list of zones", file=file, line=lines.get(("zones",)), field="zones")
+        raise ConfigError("must be a list of zones", file=file, line=doc.line("zones"), field="zones")
     zones: list[Zone] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        where = ("zones", str(i))
+        where: Loc = ("zones", i)
 
-        def fail(message: str, fld: str | None = None, _where: tuple[str, ...] = where,
+        def fail(message: str, fld: str | None = None, _where: Loc = where,
                  _item: Any = item, _i: int = i) -> None:
             name = _item.get("name") if isinstance(_item, dict) else None
-            raise ConfigError(message, file=file, line=lines.get((*_where, fld) if fld else _where)
-                              or lines.get(_where), rule=f"key zone {name or _i}", field=fld)
+            raise ConfigError(message, file=file, line=doc.line(*_where, fld) if fld else doc.line(*_where),
+                              rule=f"key zone {name or _i}", field=fld)
 
         if not isinstance(item, dict):
             fail("a zone must be a mapping")
@@ -189,5 +172,5 @@ def _zones(items: Any, file: str, lines: dict[tuple[str, ...], int]) -> tuple[Zo
             zones.append(Zone(name, polygon=tuple((float(p[0]), float(p[1])) for p in polygon),
                               speed_limit_kmh=float(limit) if limit is not None else None))
     if len(zones) > 62:
-        raise ConfigError("at most 62 zones are supported", file=file, line=lines.get(("zones",)), field="zones")
+        raise ConfigError("at most 62 zones are supported", file=file, line=doc.line("zones"), field="zones")
     return tuple(zones)

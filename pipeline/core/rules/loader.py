@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from pipeline.core.errors import ConfigError, yaml_config_error
+from pipeline.core.errors import ConfigError
 from pipeline.core.paths import DLQ_TOPIC, REPO_ROOT, ROUTE_TOPIC_PREFIX
 from pipeline.core.rules.patterns import MATCH_ALL, Loc, Node, PatternGroupError, compile_pattern
 from pipeline.core.rules.policy import check_policy
@@ -29,6 +28,7 @@ from pipeline.core.rules.schema import (
     WebhookTarget,
 )
 from pipeline.core.rules.transform import Transform, TransformGroupError, compile_transform
+from pipeline.core.yamlfile import YamlDoc, line_in, parse_yaml
 
 DEFAULT_RULES_DIR = REPO_ROOT / "rules" / "routes"
 DEFAULT_TOPIC_PREFIX = ROUTE_TOPIC_PREFIX
@@ -67,13 +67,8 @@ class CompiledRoute:
 
     def line_of(self, *loc: str | int) -> int:
         """Line of a place inside the route (`"match", "type"`), or of the nearest enclosing one."""
-        parts = list(loc)
-        while parts:
-            found = self.lines.get(tuple(parts))
-            if found is not None:
-                return found
-            parts.pop()
-        return self.line
+        found = line_in(self.lines, loc)
+        return found if found is not None else self.line
 
 
 @dataclass(frozen=True)
@@ -110,73 +105,6 @@ class RuleSet:
     def topics_added(self, new: RuleSet) -> list[str]:
         """Topics `new` delivers or dead-letters to that these rules did not (to create on reload)."""
         return sorted(set(new.topics()) - set(self.topics()))
-
-
-# --------------------------------------------------------------------------------------------
-# YAML with line numbers
-# --------------------------------------------------------------------------------------------
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Document:
-    """A parsed YAML file: plain Python data plus the line of every key and list item."""
-
-    def __init__(self, file: str, text: str) -> None:
-        self.file = file
-        self.lines: dict[Loc, int] = {}
-        self.errors: list[ConfigError] = []
-        self.data: Any = None
-        try:
-            node = yaml.compose(text, Loader=_SafeLoader)
-        except yaml.YAMLError as exc:
-            self.errors.append(yaml_config_error(exc, file))
-            return
-        self._constructor = yaml.constructor.SafeConstructor()
-        self.data = self._build(node, ()) if node is not None else None
-
-    def _build(self, node: yaml.Node, loc: Loc) -> Any:
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)
-                if not isinstance(key, str | int | float | bool) and key is not None:
-                    self.errors.append(ConfigError("mapping keys must be scalars", file=self.file, line=key_node.start_mark.line + 1))
-                    continue
-                if key in out:
-                    self.errors.append(ConfigError(f"duplicate key {key!r} (the earlier one would be silently ignored)",
-                                                   file=self.file, line=key_node.start_mark.line + 1))
-                    continue
-                where: Loc = (*loc, str(key) if not isinstance(key, str | int) else key)
-                self.lines[where] = key_node.start_mark.line + 1
-                out[key] = self._build(value_node, where)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for i, item in enumerate(node.value):
-                self.lines[(*loc, i)] = item.start_mark.line + 1
-                items.append(self._build(item, (*loc, i)))
-            return items
-        return self._constructor.construct_object(node, deep=True)
-
-    def line(self, loc: Loc) -> int | None:
-        """Line of the deepest existing prefix of `loc` (tags in pydantic locs are skipped)."""
-        real: list[str | int] = []
-        node = self.data
-        for part in loc:
-            index = part if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node) else None
-            if index is not None:
-                node = node[index]
-                real.append(part)
-            elif isinstance(node, Mapping) and part in node:
-                node = node[part]
-                real.append(part)
-        while real:
-            found = self.lines.get(tuple(real))
-            if found is not None:
-                return found
-            real.pop()
-        return self.lines.get(())
 
 
 def _field_label(loc: Iterable[str | int]) -> str:
@@ -216,12 +144,12 @@ class _Checker:
         self.disabled: list[str] = []
         self.seen: dict[str, str] = {}
 
-    def error(self, doc: _Document, loc: Loc, message: str, rule: str | None, field_name: str | None) -> None:
-        self.errors.append(ConfigError(message, file=doc.file, line=doc.line(loc), rule=rule, field=field_name))
+    def error(self, doc: YamlDoc, loc: Loc, message: str, rule: str | None, field_name: str | None) -> None:
+        self.errors.append(doc.error(message, *loc, rule=rule, field=field_name))
 
-    def file(self, doc: _Document) -> None:
-        self.errors.extend(doc.errors)
-        if doc.errors:
+    def file(self, doc: YamlDoc) -> None:
+        self.errors.extend(doc.problems)
+        if doc.problems:
             return
         data = doc.data
         if not isinstance(data, Mapping) or "routes" not in data:
@@ -237,7 +165,7 @@ class _Checker:
         for i, raw in enumerate(routes):
             self.route(doc, i, raw)
 
-    def route(self, doc: _Document, i: int, raw: Any) -> None:
+    def route(self, doc: YamlDoc, i: int, raw: Any) -> None:
         base: Loc = ("routes", i)
         name = raw.get("name") if isinstance(raw, Mapping) else None
         label = name if isinstance(name, str) else f"#{i + 1}"
@@ -290,17 +218,16 @@ class _Checker:
         if spec.name in self.seen:
             self.error(doc, (*base, "name"), f"route name already used at {self.seen[spec.name]}", label, "name")
             return
-        self.seen[spec.name] = f"{doc.file}:{doc.line((*base, 'name'))}"
+        self.seen[spec.name] = f"{doc.file}:{doc.line(*base, 'name')}"
         if len(self.errors) > before:
             return
-        lines = {loc[len(base):]: line for loc, line in doc.lines.items() if loc[:len(base)] == base}
-        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(base) or 0, lines)
+        compiled = CompiledRoute(spec, predicate, transform, doc.file, doc.line(*base) or 0, doc.within(*base))
         if spec.enabled:
             self.routes.append(compiled)
         else:
             self.disabled.append(spec.name)
 
-    def targets(self, doc: _Document, base: Loc, spec: Route, label: str) -> None:
+    def targets(self, doc: YamlDoc, base: Loc, spec: Route, label: str) -> None:
         for j, target in enumerate(spec.to):
             if isinstance(target, TopicTarget) and not target.topic.startswith(self.topic_prefix):
                 self.error(doc, (*base, "to", j, "topic"),
@@ -364,11 +291,11 @@ def check_rules(path: Path | None = None, *, env: Mapping[str, str] | None = Non
         shown = _display(file)
         names.append(shown)
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            checker.errors.append(ConfigError(f"not UTF-8 text: {exc}", file=shown))
+            doc = parse_yaml(raw, shown, strict=False)
+        except ConfigError as exc:
+            checker.errors.append(exc)
             continue
-        checker.file(_Document(shown, text))
+        checker.file(doc)
     defaults = [r for r in checker.routes if r.spec.default]
     if len(defaults) > 1:
         for extra in defaults[1:]:

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.rules.columns import batch_from_events, events_from_batch
-from pipeline.core.rules.loader import RuleSet, _display, _Document, load_rules, rule_files
+from pipeline.core.rules.loader import RuleSet, _display, load_rules, rule_files
 from pipeline.core.rules.router import Router
 from pipeline.core.rules.transform import text_of
+from pipeline.core.yamlfile import load_yaml
 
 TEST_KEY = b"pipeline-rules-test-key"
 
@@ -165,9 +167,13 @@ def run_tests(rules_path: Path | None = None, tests_path: Path | None = None,
     outcomes: list[CaseOutcome] = []
     for file in list_test_files(tests_path):
         shown = _display(file)
-        doc = _Document(shown, file.read_text(encoding="utf-8"))
-        if doc.errors:
-            outcomes.extend(CaseOutcome(shown, e.line, "(file)", [e.detail]) for e in doc.errors)
+        try:
+            doc = load_yaml(file, file=shown, strict=False)
+        except ConfigError as exc:
+            outcomes.append(CaseOutcome(shown, exc.line, "(file)", [exc.detail]))
+            continue
+        if doc.problems:
+            outcomes.extend(CaseOutcome(shown, e.line, "(file)", [e.detail]) for e in doc.problems)
             continue
         cases = doc.data.get("tests") if isinstance(doc.data, Mapping) else None
         if not isinstance(cases, list) or not cases:
@@ -175,7 +181,7 @@ def run_tests(rules_path: Path | None = None, tests_path: Path | None = None,
             continue
         for i, case in enumerate(cases):
             name = str(case.get("name", f"#{i + 1}")) if isinstance(case, Mapping) else f"#{i + 1}"
-            outcome = CaseOutcome(shown, doc.line(("tests", i)), name)
+            outcome = CaseOutcome(shown, doc.line("tests", i), name)
             if not isinstance(case, Mapping):
                 outcome.failures.append("a test is a mapping with name, events and expect")
             else:

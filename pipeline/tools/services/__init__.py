@@ -12,9 +12,11 @@ S3Proxy 2.7.0 on a local folder, both on the machine's Java 17, under one folder
     run/kafka.pid, run/s3proxy.pid         process ids
 
 Readiness is asked, never slept: a Kafka metadata request, an S3 bucket listing.
-Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), S3_PORT (9000), S3_ACCESS_KEY,
-S3_SECRET_KEY, SERVICES_TIMEOUT (90 s), PIPELINE_SERVICES_MODE (docker|local),
-PIPELINE_SERVICES_DIR, PIPELINE_SERVICES_CACHE.
+Environment, read with the rest of the settings (`Settings.services`, and the store's
+credentials `Settings.s3_access_key` and `s3_secret_key`): KAFKA_PORT (9092),
+KAFKA_CONTROLLER_PORT (9093), S3_PORT (9000), S3_ACCESS_KEY, S3_SECRET_KEY, SERVICES_TIMEOUT
+(90 s), PIPELINE_SERVICES_MODE (docker|local), PIPELINE_SERVICES_DIR, PIPELINE_SERVICES_CACHE.
+`ServiceSettings.from_settings` makes the services' view of them.
 
     python -m pipeline.tools.services start | stop | reset | status | logs [kafka|s3] [-f]
 

@@ -1,12 +1,12 @@
-"""What every service mode shares: versions, ports and folders (`ServiceSettings`), readiness
-probes of the broker and the store, and the choice between Docker and local processes."""
+"""What every service mode shares: versions, ports and folders (`ServiceSettings`, a view of
+the settings), readiness probes of the broker and the store, and the choice between Docker
+and local processes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +23,7 @@ from minio import Minio
 from minio.error import MinioException
 
 from pipeline.core.errors import PipelineError
+from pipeline.runtime.settings import LocalServicesSettings, Settings, get_settings
 
 KAFKA_VERSION = "3.9.1"
 S3PROXY_VERSION = "2.7.0"
@@ -41,39 +42,48 @@ class ServiceError(PipelineError):
     """A local service could not be fetched, started, reached or stopped."""
 
 
+def _default(name: str) -> Any:
+    return LocalServicesSettings.model_fields[name].default
+
+
+def _credential(name: str) -> str:
+    value = Settings.model_fields[name].default
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Ports, credentials and folders of the local services, read from the environment."""
+    """Ports, credentials and folders of one set of local services: a view of the settings
+    (`Settings.services` and the store's credentials) made by `from_settings`, which a test
+    or a second region may copy with other ports and folders. Defaults are the settings'."""
 
     base_dir: Path
     cache_dir: Path
-    kafka_port: int = 9092
-    controller_port: int = 9093
-    s3_port: int = 9000
-    access_key: str = "pipeline"
-    secret_key: str = field(default="pipeline-secret", repr=False)
-    timeout_s: float = 90.0
-    mode: str = "auto"
+    kafka_port: int = _default("kafka_port")
+    controller_port: int = _default("kafka_controller_port")
+    s3_port: int = _default("s3_port")
+    access_key: str = _credential("s3_access_key")
+    secret_key: str = field(default=_credential("s3_secret_key"), repr=False)
+    timeout_s: float = _default("timeout_s")
+    mode: str = _default("mode")
 
     @classmethod
-    def from_env(cls) -> ServiceSettings:
-        env = os.environ
-        base = Path(env.get("PIPELINE_SERVICES_DIR") or REPO_ROOT / ".services").resolve()
-        cache = Path(env.get("PIPELINE_SERVICES_CACHE") or base / "cache").resolve()
-        try:
-            return cls(
-                base_dir=base,
-                cache_dir=cache,
-                kafka_port=int(env.get("KAFKA_PORT") or 9092),
-                controller_port=int(env.get("KAFKA_CONTROLLER_PORT") or 9093),
-                s3_port=int(env.get("S3_PORT") or 9000),
-                access_key=env.get("S3_ACCESS_KEY") or "pipeline",
-                secret_key=env.get("S3_SECRET_KEY") or "pipeline-secret",
-                timeout_s=float(env.get("SERVICES_TIMEOUT") or 90),
-                mode=(env.get("PIPELINE_SERVICES_MODE") or "auto").strip().lower(),
-            )
-        except ValueError as exc:
-            raise ServiceError(f"bad port or timeout in the environment: {exc}") from exc
+    def from_settings(cls, settings: Settings | None = None) -> ServiceSettings:
+        """The local services of `settings` (default: the process's, `get_settings()`)."""
+        settings = settings or get_settings()
+        local = settings.services
+        base = local.base_dir.resolve()
+        return cls(
+            base_dir=base,
+            cache_dir=(local.cache_dir or base / "cache").resolve(),
+            kafka_port=local.kafka_port,
+            controller_port=local.kafka_controller_port,
+            s3_port=local.s3_port,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            timeout_s=local.timeout_s,
+            mode=local.mode,
+        )
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.core.errors import PipelineError
 from pipeline.tools.services.common import (
     LOG_TAIL_ON_FAILURE,
     NAMES,
@@ -84,7 +85,7 @@ def _start_docker(settings: ServiceSettings) -> None:
 
 def start(settings: ServiceSettings | None = None) -> None:
     """Start Kafka and the S3 store unless they already answer; return when both answer."""
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     if select_mode(settings) == "docker":
         _start_docker(settings)
     else:
@@ -93,7 +94,7 @@ def start(settings: ServiceSettings | None = None) -> None:
 
 def stop(settings: ServiceSettings | None = None) -> None:
     """Stop the services; raises ServiceError if any process of theirs is left."""
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     if select_mode(settings) == "docker":
         _compose(["stop"])
     else:
@@ -104,7 +105,7 @@ def reset(settings: ServiceSettings | None = None) -> None:
     """Stop the services and delete their data: topics, consumer offsets, handler state and
     objects. Local mode keeps the jar cache and logs; Docker mode runs `docker compose down
     --volumes` (every container of the project, and its volumes)."""
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     if select_mode(settings) == "docker":
         _compose(["down", "--volumes", "--remove-orphans"])
         return
@@ -125,18 +126,18 @@ def reset(settings: ServiceSettings | None = None) -> None:
 
 def status(settings: ServiceSettings | None = None) -> dict[str, bool]:
     """Whether each endpoint answers now: {"kafka": ..., "s3": ...}."""
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     return {name: probe(name, settings) is None for name in NAMES}
 
 
 def pids(settings: ServiceSettings | None = None) -> dict[str, int | None]:
     """The recorded pid of each local server (None where none runs from this folder)."""
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     return {service.name: service.recorded_pid() for service in _local_services(settings)}
 
 
 def log_path(name: str, settings: ServiceSettings | None = None) -> Path:
-    settings = settings or ServiceSettings.from_env()
+    settings = settings or ServiceSettings.from_settings()
     return (_kafka(settings) if name == "kafka" else _s3(settings)).log
 
 
@@ -214,19 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("-n", "--lines", type=int, default=200, help="lines to print (200)")
     args = parser.parse_args(argv)
     try:
-        settings = ServiceSettings.from_env()
+        settings = ServiceSettings.from_settings()
         regions = getattr(args, "regions", 1)
         if args.command == "start":
             start(settings)
             if regions == 2:
                 from pipeline.tools import region_services
 
-                region_services.start_regions(region_services.RegionServices.from_env(2, settings))
+                region_services.start_regions(region_services.RegionServices.from_settings(2, settings))
         elif args.command == "stop":
             if regions == 2:
                 from pipeline.tools import region_services
 
-                region_services.stop_regions(region_services.RegionServices.from_env(2, settings))
+                region_services.stop_regions(region_services.RegionServices.from_settings(2, settings))
             stop(settings)
         elif args.command == "reset":
             reset(settings)
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             if regions == 2:
                 from pipeline.tools import region_services
 
-                layout = region_services.RegionServices.from_env(2, settings)
+                layout = region_services.RegionServices.from_settings(2, settings)
                 for name, ok in region_services.region_status(layout).items():
                     say(f"{name:<14}{'answers' if ok else 'not answering'}")
                     code = code if ok else 3
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             names = [args.service] if args.service else list(NAMES)
             return _logs(settings, names, args.follow, args.lines)
-    except ServiceError as exc:
+    except PipelineError as exc:  # a service failed, or a setting of the environment is invalid
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

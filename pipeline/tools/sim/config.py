@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.core.errors import InputError
 from pipeline.tools.sim.city import CITIES
 from pipeline.tools.sim.faults import parse_fault_rates
 
@@ -18,7 +19,10 @@ DEFAULT_START = "2024-05-14T07:30:00+01:00"  # a Tuesday, morning rush in Rabat
 
 def parse_start(text: str) -> int:
     """An ISO 8601 time (UTC if no offset) as epoch milliseconds."""
-    value = datetime.fromisoformat(text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"start must be an ISO 8601 time like 2024-05-01T08:00:00, got {text!r}") from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
@@ -43,15 +47,15 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.vehicles < 1:
-            raise ValueError("vehicles must be at least 1")
+            raise InputError("vehicles must be at least 1")
         if not 0.0 <= self.ev_share <= 1.0:
-            raise ValueError("ev_share must be between 0 and 1")
+            raise InputError("ev_share must be between 0 and 1")
         if self.duration_s <= 0:
-            raise ValueError("duration must be positive")
+            raise InputError("duration must be positive")
         if self.frame_seconds < 1 or (self.frame_seconds * 1000) % 1000:
-            raise ValueError("frame_seconds must be a whole number of seconds, at least 1")
+            raise InputError("frame_seconds must be a whole number of seconds, at least 1")
         if self.city not in CITIES:
-            raise ValueError(f"unknown city {self.city!r}; known: {', '.join(CITIES)}")
+            raise InputError(f"unknown city {self.city!r}; known: {', '.join(CITIES)}")
         parse_start(self.start)
 
     @property

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.core.catalog import Catalog, Signal
+from pipeline.core.errors import InputError
 from pipeline.tools.sim.signals import LAT, LON
 
 F64 = npt.NDArray[np.float64]
@@ -95,14 +96,17 @@ def parse_fault_rates(spec: str | None) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in rates:
-            raise ValueError(f"unknown fault {name!r} in {spec!r}; known: {', '.join(FAULT_NAMES)}")
-        rate = float(value)
+            raise InputError(f"unknown fault {name!r} in {spec!r}; known: {', '.join(FAULT_NAMES)}")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
         if not 0.0 <= rate <= 0.5:
-            raise ValueError(f"fault rate {name}={value} must be between 0 and 0.5")
+            raise InputError(f"fault rate {name}={value} must be a number between 0 and 0.5")
         rates[name] = rate
     bucket = sum(rates[n] for n in FRAME_BUCKETS)
     if bucket >= 1.0:
-        raise ValueError("frame fault rates add up to 1 or more")
+        raise InputError("frame fault rates add up to 1 or more")
     return rates
 
 
