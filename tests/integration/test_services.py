@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime.settings import Settings
+from pipeline.runtime.settings import Settings, get_settings
 from pipeline.tools import services
 from pipeline.tools.services import ServiceError, ServiceSettings
 
@@ -80,11 +80,14 @@ def second_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ser
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    get_settings.cache_clear()  # the services read the process's settings, from this environment
     settings = ServiceSettings.from_settings(Settings())
     try:
         yield settings
     finally:
         services.stop(settings)  # also after a failed assertion: leave no process behind
+        monkeypatch.undo()
+        get_settings.cache_clear()  # later tests read the environment of the main pair again
 
 
 def test_start_when_running_is_a_noop(capsys: pytest.CaptureFixture[str]) -> None:
