@@ -21,6 +21,7 @@ IntArray = npt.NDArray[np.int64]
 Int32Array = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+CodeArray = npt.NDArray[np.int8]  # outcome codes (cleaning's reasons)
 ObjArray = npt.NDArray[np.object_]
 
 

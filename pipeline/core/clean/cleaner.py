@@ -28,9 +28,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, IntArray, Readings
 from pipeline.core.clean.clock import ClockCheck
 from pipeline.core.clean.config import CleaningConfig, SpikeRule, StuckRule
 from pipeline.core.clean.duplicates import Resends, duplicates
@@ -55,10 +54,6 @@ from pipeline.core.clean.spikes import SpikeCheck
 from pipeline.core.clean.state import NO_T, VehicleState
 from pipeline.core.clean.stuck import StuckCheck, StuckParams
 from pipeline.core.clean.timestamps import check_times
-
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 
 class Cleaner:

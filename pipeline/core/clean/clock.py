@@ -22,17 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, IntArray, Readings
 from pipeline.core.clean.config import CleaningConfig
 from pipeline.core.clean.groups import starts_of
 from pipeline.core.clean.outcomes import CLOCK_SKEW
 from pipeline.core.clean.state import NO_T, VehicleState
-
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 
 @dataclass(slots=True)

@@ -9,18 +9,12 @@ Config: `duplicates` in `rules/cleaning.yaml`.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, IntArray, Readings
 from pipeline.core.clean.groups import rank_in_group, starts_of
 from pipeline.core.clean.outcomes import DUPLICATE
 from pipeline.core.clean.rows import SortedRows, frame_fingerprint
 from pipeline.core.clean.state import VehicleState
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.duplicate",)
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from pipeline.core.batch import BoolArray, FloatArray, IntArray
 from pipeline.core.clean.config import CleaningConfig
 from pipeline.core.clean.groups import ranges, rank_in_group, starts_of, window_median
 from pipeline.core.clean.outcomes import (
@@ -39,10 +39,6 @@ from pipeline.core.clean.outcomes import (
 )
 from pipeline.core.clean.rows import SortedRows, alive_rows_of, join_by_time
 from pipeline.core.clean.state import NO_T, VehicleState
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 M_PER_DEG = 111_320.0
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
+from pipeline.core.batch import BoolArray, FloatArray, IntArray
 
 
 def starts_of(keys: npt.NDArray[np.integer]) -> BoolArray:

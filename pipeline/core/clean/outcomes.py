@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
-
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, Readings
 
 # Outcome codes: index into REASONS. The order of the dropped reasons is the order in
 # which the checks run; the first check a reading fails is its reason.
@@ -58,8 +55,6 @@ RATE_OF_CHANGE = CODE["dropped.rate_of_change"]
 STUCK = CODE["dropped.stuck"]
 FIRST_DROPPED = UNKNOWN_SIGNAL
 
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 
 @dataclass(slots=True)

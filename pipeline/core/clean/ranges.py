@@ -11,16 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from pipeline.core.clean.config import CleaningConfig
 from pipeline.core.clean.outcomes import OUT_OF_RANGE
 from pipeline.core.clean.rows import SortedRows, alive_rows_of
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.out_of_range",)
 
@@ -29,7 +23,6 @@ class RangeCheck:
     """Range and allowed values per catalog signal."""
 
     def __init__(self, catalog: Any, cfg: CleaningConfig, signal_index: Callable[..., int]) -> None:
-
         # Range limits per signal, open for exempt signals.
         self.range_lo = np.asarray(catalog.min, dtype=np.float64).copy()
         self.range_hi = np.asarray(catalog.max, dtype=np.float64).copy()

@@ -9,18 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from pipeline.core.batch import BoolArray, FloatArray, IntArray
 from pipeline.core.clean.config import CleaningConfig
 from pipeline.core.clean.groups import starts_of
 from pipeline.core.clean.outcomes import RATE_OF_CHANGE
 from pipeline.core.clean.rows import SortedRows
 from pipeline.core.clean.state import NO_T, VehicleState
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.rate_of_change",)
 

@@ -14,13 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, FloatArray, IntArray, Readings
 from pipeline.core.clean.groups import ranges, starts_of
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 
 def frame_fingerprint(seq: IntArray, sent_at: IntArray) -> IntArray:

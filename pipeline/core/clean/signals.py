@@ -11,20 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, FloatArray, Int32Array, Readings
 from pipeline.core.clean.outcomes import NON_FINITE, UNIT_UNCONVERTIBLE, UNKNOWN_SIGNAL
-
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.unknown_signal", "dropped.unit_unconvertible", "dropped.non_finite")  # and `repaired.unit`
 
 
 def check_signals(cat: Any, readings: Readings,
-                  code: CodeArray) -> tuple[npt.NDArray[np.int32], FloatArray, BoolArray | None]:
+                  code: CodeArray) -> tuple[Int32Array, FloatArray, BoolArray | None]:
     """The catalog index of every reading's signal, its value in canonical units, and which
     values were converted (None: none); codes written into `code`."""
     n = len(readings)

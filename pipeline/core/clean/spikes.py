@@ -9,18 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from pipeline.core.batch import BoolArray, FloatArray, IntArray
 from pipeline.core.clean.config import SpikeRule
 from pipeline.core.clean.groups import ranges, rank_in_group, starts_of, window_median
 from pipeline.core.clean.outcomes import SPIKE
 from pipeline.core.clean.rows import SortedRows
 from pipeline.core.clean.state import NO_T, VehicleState
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.spike",)  # and the repair `repaired.spike`
 MAD_TO_SIGMA = 1.4826

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
+from pipeline.core.batch import BoolArray, FloatArray, IntArray
 from pipeline.core.clean.config import StuckRule
 from pipeline.core.clean.groups import ranges, starts_of
 from pipeline.core.clean.state import VehicleState
@@ -21,10 +21,6 @@ from pipeline.core.clean.state import VehicleState
 if TYPE_CHECKING:
     from pipeline.core.clean.rows import SortedRows as _Sorted
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.stuck",)
 MEASURES = ("change", "integral", "integral_abs")

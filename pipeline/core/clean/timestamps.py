@@ -9,15 +9,10 @@ or than its frame's ingest time (the Kafka record time) by `max_future_vs_ingest
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from pipeline.core.batch import Readings
+from pipeline.core.batch import BoolArray, CodeArray, IntArray, Readings
 from pipeline.core.clean.config import TimeRules
 from pipeline.core.clean.outcomes import FUTURE_TIMESTAMP, TOO_OLD
-
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-CodeArray = npt.NDArray[np.int8]
 
 REASONS = ("dropped.future_timestamp", "dropped.too_old")
 
