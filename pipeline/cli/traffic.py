@@ -8,9 +8,9 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -70,15 +70,16 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.
 
 @dataclass(frozen=True, slots=True)
 class Producing:
-    """Where and how `simulate` and `replay` produce frames: the options both take."""
+    """Where and how `simulate` and `replay` produce frames: the options both take (each
+    field's type and default are its command-line option's)."""
 
-    sensor_topic: str | None
-    gps_topic: str | None
-    linger_ms: int
-    batch_bytes: int
-    compression: str
-    acks: str
-    as_json: bool
+    sensor_topic: SensorTopic = None
+    gps_topic: GpsTopic = None
+    linger_ms: LingerMs = 20
+    batch_bytes: BatchBytes = 1 << 20
+    compression: Compression = "none"
+    acks: Acks = "1"
+    as_json: AsJson = False
 
     def settings(self) -> Any:
         """The settings, with the topics given on the command line."""
@@ -97,20 +98,16 @@ class Producing:
                                acks=self.acks if self.acks == "all" else int(self.acks))
 
 
-_PRODUCING = (("sensor_topic", SensorTopic, None), ("gps_topic", GpsTopic, None), ("linger_ms", LingerMs, 20),
-              ("batch_bytes", BatchBytes, 1 << 20), ("compression", Compression, "none"), ("acks", Acks, "1"),
-              ("as_json", AsJson, False))
-
-
 def producing(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command` the options of `Producing` (after its own), passed as its `produce`."""
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "produce"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-              for name, kind, default in _PRODUCING]
+    kinds = get_type_hints(Producing, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=kinds[f.name])
+              for f in fields(Producing)]
 
     @functools.wraps(command)
     def run(**kwargs: Any) -> None:
-        produce = Producing(**{name: kwargs.pop(name) for name, _, _ in _PRODUCING})
+        produce = Producing(**{f.name: kwargs.pop(f.name) for f in fields(Producing)})
         command(produce=produce, **kwargs)
 
     run.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
